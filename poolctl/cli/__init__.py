@@ -1,0 +1,1 @@
+"""The `poolctl` command line; see poolctl.cli.app."""

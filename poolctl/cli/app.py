@@ -1,0 +1,211 @@
+"""The `poolctl` command: a thin Typer layer over the library.
+
+Only the CLI package imports Typer and Rich, and only `run` below turns
+exceptions into messages and exit codes. Every command takes the same common
+options (config file, the two URLs, verbosity), added by `command()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from poolctl.cli.output import Output, error_line, setup_logging
+from poolctl.errors import ExitCode, PoolctlError
+
+if TYPE_CHECKING:
+    from poolctl.config import Settings
+    from poolctl.sql import Database
+    from poolctl.store import RedisStore
+
+log = logging.getLogger("poolctl.cli")
+
+app = typer.Typer(
+    name="poolctl",
+    help="Keep Redis LIST cache pools filled from SQL tables and hand each item to exactly one consumer.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class Runtime:
+    """What a command needs: settings and connections, opened on first use, and its output."""
+
+    config: Path | None = None
+    redis_url: str | None = None
+    database_url: str | None = None
+    json_mode: bool = False
+    out: Output = field(default_factory=Output)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # command flags, by TOML path
+    _settings: Settings | None = None
+    _store: RedisStore | None = None
+    _db: Database | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from poolctl.config import load_settings
+
+            overrides = {section: dict(values) for section, values in self.overrides.items()}
+            if self.redis_url is not None:
+                overrides.setdefault("redis", {})["url"] = self.redis_url
+            if self.database_url is not None:
+                overrides.setdefault("database", {})["url"] = self.database_url
+            self._settings = load_settings(self.config, **overrides)
+        return self._settings
+
+    @property
+    def store(self) -> RedisStore:
+        if self._store is None:
+            from poolctl.store import RedisStore
+
+            self._store = RedisStore.from_settings(self.settings)
+        return self._store
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            from poolctl.sql import connect_database
+
+            self._db = connect_database(self.settings)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        if self._store is not None:
+            self._store.client.close()
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file. Default: $POOLCTL_CONFIG, else ./poolctl.toml if present.",
+                 show_default=False, dir_okay=False),
+]
+RedisUrlOption = Annotated[
+    str | None,
+    typer.Option("--redis-url", help="Redis URL, e.g. redis://127.0.0.1:6379/0. Overrides POOLCTL_REDIS_URL and [redis] url.",
+                 show_default=False),
+]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQL URL: sqlite:///poolctl.db or mysql://user:pass@host:3306/db. "
+                 "Overrides POOLCTL_DATABASE_URL and [database] url.", show_default=False),
+]
+VerboseOption = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log more: -v shows DEBUG lines.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Write one JSON document to stdout instead of text.")]
+
+_COMMON = {
+    "config": ConfigOption,
+    "redis_url": RedisUrlOption,
+    "database_url": DatabaseUrlOption,
+    "verbose": VerboseOption,
+    "quiet": QuietOption,
+}
+_COMMON_DEFAULTS = {"config": None, "redis_url": None, "database_url": None, "verbose": 0, "quiet": False}
+
+
+def command(group: typer.Typer, name: str | None = None, json_option: bool = True, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a function as a command that receives a Runtime as its first argument.
+
+    The common options (and --json unless json_option is False) are added to
+    the command's signature, so that `poolctl fill --redis-url ...` works for
+    every command.
+    """
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        # Typer reads the signature; resolve the string annotations that
+        # `from __future__ import annotations` leaves, keeping Annotated extras.
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [
+            parameter.replace(annotation=hints.get(parameter.name, parameter.annotation))
+            for parameter in list(inspect.signature(func).parameters.values())[1:]  # drop the Runtime parameter
+        ]
+        extra = dict(_COMMON)
+        defaults = dict(_COMMON_DEFAULTS)
+        if json_option:
+            extra["json_mode"] = JsonOption
+            defaults["json_mode"] = False
+        added = [
+            inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=defaults[key])
+            for key, annotation in extra.items()
+        ]
+
+        @functools.wraps(func)
+        def wrapper(**values: Any) -> None:
+            common = {key: values.pop(key) for key in extra}
+            json_mode = common.pop("json_mode", False)
+            runtime = Runtime(
+                config=common["config"], redis_url=common["redis_url"], database_url=common["database_url"],
+                json_mode=json_mode, out=Output(json_mode),
+            )
+            setup_logging(common["verbose"], common["quiet"])
+            run(runtime, func, values, verbose=common["verbose"] > 0)
+
+        wrapper.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in [*own, *added]}
+        group.command(name, **kwargs)(wrapper)
+        return func
+
+    return decorator
+
+
+def run(runtime: Runtime, func: Callable[..., Any], values: dict[str, Any], verbose: bool) -> None:
+    """Call a command and turn its failure into a one-line message and an exit code."""
+    try:
+        func(runtime, **values)
+    except PoolctlError as exc:
+        report_error(runtime, exc)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(int(ExitCode.OK)) from None
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as exc:
+        if verbose:
+            log.exception("unexpected error")
+        error_line(f"unexpected {type(exc).__name__}: {exc}. Run again with -v for the traceback, and report it")
+        raise typer.Exit(int(ExitCode.FAILED)) from None
+    finally:
+        try:
+            runtime.close()
+        except Exception:  # closing a broken connection must not hide the real outcome
+            pass
+
+
+def report_error(runtime: Runtime, exc: PoolctlError) -> None:
+    error_line(str(exc))
+    if runtime.json_mode:
+        runtime.out.json({"error": {"code": exc.code, "message": exc.message, "hint": exc.hint}})
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot raise again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def main() -> None:
+    """Entry point of the `poolctl` console script."""
+    from poolctl.cli import commands  # noqa: F401  (registers the commands)
+
+    app()

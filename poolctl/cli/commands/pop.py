@@ -1,0 +1,72 @@
+"""`poolctl pop TYPE --group G`: pop items for shells and scripts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from poolctl.cli.app import Runtime, app, command
+from poolctl.errors import PoolEmpty, ServiceUnavailable, UnknownGroup
+
+log = logging.getLogger("poolctl.cli")
+
+MAX_COUNT = 10_000
+
+
+@command(app, "pop")
+def pop(
+    rt: Runtime,
+    pool_type: Annotated[str, typer.Argument(metavar="TYPE", help="Pool type, e.g. titles.", show_default=False)],
+    group: Annotated[int, typer.Option("--group", "-g", help="Group to pop from.", show_default=False)],
+    count: Annotated[int, typer.Option("--count", "-n", min=1, max=MAX_COUNT, help="How many items to pop.")] = 1,
+    fallback: Annotated[
+        bool, typer.Option("--fallback", help="Take items straight from SQL when the pool is empty or Redis is down.")
+    ] = False,
+) -> None:
+    """Pop items and print their text, one per line; each item is recorded as consumed.
+
+    Exits with 3 when the pool is empty (and, with --fallback, SQL has no
+    available row either) and 4 when a service it needs is unreachable.
+    """
+    from poolctl.consumer import PoolConsumer
+
+    rt.settings.pool(pool_type)
+    # Closing the consumer flushes its acks, so the items are consumed in SQL
+    # before this command exits; if SQL is down the acks wait in Redis.
+    with PoolConsumer(rt.settings, store=rt.store) as consumer:
+        if fallback:
+            items = []
+            while len(items) < count and (item := consumer.pop_with_fallback(pool_type, group)) is not None:
+                items.append(item)
+        else:
+            items = consumer.pop_many(pool_type, group, count)
+    if not items:
+        _raise_empty(rt, pool_type, group, fallback)
+    if rt.json_mode:
+        rt.out.json(
+            {
+                "pool_type": pool_type,
+                "group": group,
+                "items": [{"id": item.id, "text": item.text, "source": item.source} for item in items],
+            }
+        )
+    else:
+        for item in items:
+            rt.out.line(item.text)
+    if len(items) < count:
+        log.warning("pool %s group %d: %d of %d items popped, then it was empty", pool_type, group, len(items), count)
+
+
+def _raise_empty(rt: Runtime, pool_type: str, group: int, fallback: bool) -> None:
+    try:
+        exists = rt.db.group_exists(pool_type, group)
+    except ServiceUnavailable:
+        exists = True  # cannot tell; report the empty pool
+    if not exists:
+        table = rt.settings.pool(pool_type).table
+        raise UnknownGroup(f"group {group} has no rows in table {table} (pool type {pool_type})", "Check the group id")
+    where = "pool and SQL are" if fallback else "pool is"
+    hint = "Run `poolctl fill`, or retry with --fallback" if not fallback else "Load more rows into SQL"
+    raise PoolEmpty(f"{pool_type} group {group}: the {where} empty", hint)

@@ -1,0 +1,193 @@
+"""Fill: top pools up from SQL under a fill lock, one batch at a time.
+
+One batch, for one pool:
+  1. SELECT available rows in fill order, locking them (SKIP LOCKED on MariaDB);
+  2. record their ids in the pool's claiming set (only while we own the lock);
+  3. UPDATE them to queued and COMMIT;
+  4. push them in one LPUSH, only while we own the lock and the pool has room.
+
+Step 2 before 3 means a filler killed between its commit and its push leaves
+ids that reconcile can restore without doubt. Step 3 before 4 means no crash
+can leave an item both in a pool and available in SQL, which is how a filler
+would hand out an item twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from poolctl.acks import flush_acks
+from poolctl.config import Settings
+from poolctl.errors import LockLost, PoolctlError, UnknownGroup
+from poolctl.items import encode_item
+from poolctl.keys import PoolKeys, new_owner_token
+from poolctl.sql import Database
+from poolctl.store import PoolOverflow, RedisStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PoolFill:
+    """The outcome of filling one pool in one pass."""
+
+    pool_type: str
+    group: int
+    length_before: int
+    length_after: int
+    pushed: int = 0
+    # filled, full (nothing needed), locked (another filler holds it),
+    # drained (SQL has no more available rows), lock_lost, overflow
+    outcome: str = "full"
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class PassResult:
+    """What one fill pass did over all its pools."""
+
+    fills: list[PoolFill] = field(default_factory=list)
+    lengths: dict[PoolKeys, int] = field(default_factory=dict)  # pool lengths read at the start
+    acks_flushed: int = 0
+    wrong_type: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def pushed(self) -> int:
+        return sum(fill.pushed for fill in self.fills)
+
+    def fill_for(self, keys: PoolKeys) -> PoolFill:
+        return next(fill for fill in self.fills if (fill.pool_type, fill.group) == (keys.pool_type, keys.group))
+
+
+class Filler:
+    """Runs fill passes for the configured pool types with one lock owner token."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RedisStore,
+        db: Database,
+        token: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.db = db
+        self.token = token or new_owner_token()
+        self.stop = stop or threading.Event()
+
+    def discover(self, pool_types: Iterable[str] | None = None, group: int | None = None) -> list[PoolKeys]:
+        """Return the pools worth a pass: every group with available or queued rows.
+
+        Queued rows mean a pool that may hold items and acks to flush even when
+        SQL has nothing left to add.
+        """
+        types = list(pool_types) if pool_types is not None else list(self.settings.pools)
+        targets = []
+        for pool_type in types:
+            self.settings.pool(pool_type)  # raises UnknownPoolType
+            if group is not None:
+                if not self.db.group_exists(pool_type, group):
+                    raise UnknownGroup(
+                        f"group {group} has no rows in table {self.settings.pool(pool_type).table} (pool type {pool_type})",
+                        "Check the group id, or load rows for it",
+                    )
+                groups: Sequence[int] = [group]
+            else:
+                groups = sorted(set(self.db.groups(pool_type, self.settings.status.available))
+                                | set(self.db.groups(pool_type, self.settings.status.queued)))
+            targets.extend(self.store.keys(pool_type, g) for g in groups)
+        return targets
+
+    def run_pass(self, targets: Sequence[PoolKeys], flush: bool = True) -> PassResult:
+        """Read all lengths in one round trip, fill the pools at or below threshold, flush pending acks."""
+        started = time.monotonic()
+        result = PassResult()
+        lengths = self.store.lengths(targets)
+        for keys, length in zip(targets, lengths, strict=True):
+            if self.stop.is_set():
+                break
+            spec = self.settings.pools[keys.pool_type]
+            if length.pool < 0 or length.acks < 0:
+                result.wrong_type.append(keys.pool)
+                continue
+            result.lengths[keys] = length.pool
+            if length.pool <= spec.threshold:
+                result.fills.append(self.fill_pool(keys, length.pool))
+            if flush and length.acks > 0:
+                result.acks_flushed += flush_acks(self.store, self.db, keys, self.settings.acks.batch)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def fill_pool(self, keys: PoolKeys, length: int) -> PoolFill:
+        """Top one pool up to its size under its fill lock."""
+        started = time.monotonic()
+        fill = PoolFill(keys.pool_type, keys.group, length, length)
+        ttl_s = self.settings.fill.lock_ttl_s
+        if not self.store.acquire_lock(keys, self.token, ttl_s):
+            fill.outcome = "locked"
+            log.debug("pool %s group %d: lock held by another filler, skipped", keys.pool_type, keys.group)
+            return fill
+        try:
+            self._fill_locked(keys, fill)
+        finally:
+            self._release(keys)
+        fill.seconds = time.monotonic() - started
+        if fill.pushed:
+            log.info(
+                "pool %s group %d: %d items pushed, length %d -> %d in %.2fs",
+                keys.pool_type, keys.group, fill.pushed, fill.length_before, fill.length_after, fill.seconds,
+            )
+        return fill
+
+    def _fill_locked(self, keys: PoolKeys, fill: PoolFill) -> None:
+        spec = self.settings.pools[keys.pool_type]
+        ttl_s = self.settings.fill.lock_ttl_s
+        length = fill.length_before
+
+        def record(ids: list[int]) -> bool:
+            return self.store.record_claim(keys, self.token, ttl_s, ids)
+
+        while length < spec.size and not self.stop.is_set():
+            want = min(spec.size - length, spec.batch)
+            rows = self.db.claim(keys.pool_type, keys.group, want, before_commit=record)
+            if not rows:
+                fill.outcome = "drained" if fill.pushed == 0 else "filled"
+                break
+            ids = [row.id for row in rows]
+            items = [encode_item(row.id, row.text) for row in rows]
+            try:
+                length = self.store.push(keys, self.token, ttl_s, spec.size, ids, items)
+            except LockLost:
+                # The claimed rows stay queued and recorded in the claiming set;
+                # reconcile makes them available again under the lock.
+                fill.outcome = "lock_lost"
+                log.warning(
+                    "pool %s group %d: fill lock expired mid-fill, %d claimed items left for reconcile",
+                    keys.pool_type, keys.group, len(ids),
+                )
+                return
+            except PoolOverflow:
+                fill.outcome = "overflow"
+                log.error(
+                    "pool %s group %d: pool grew past its size during a locked fill, %d claimed items left "
+                    "for reconcile; is another program pushing to it?",
+                    keys.pool_type, keys.group, len(ids),
+                )
+                return
+            fill.pushed += len(rows)
+            fill.length_after = length
+            fill.outcome = "filled"
+            if len(rows) < want:
+                break
+
+    def _release(self, keys: PoolKeys) -> None:
+        try:
+            self.store.release_lock(keys, self.token)
+        except PoolctlError as exc:  # Redis went away; the lock expires by its TTL
+            log.warning("pool %s group %d: lock release failed (%s), it expires by TTL", keys.pool_type, keys.group, exc)

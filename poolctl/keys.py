@@ -1,0 +1,87 @@
+"""Every Redis key name poolctl reads or writes, and how lock owner tokens look.
+
+The pool key, the lock key and the item JSON are shared with consumers written
+in other languages, so their default spelling is fixed:
+
+    {type}:pool:{group}            LIST of JSON items, LPUSH by fills, RPOP by consumers
+    {type}:pool:{group}:filling    STRING fill lock, value = owner token, always with a TTL
+    {type}:pool:{group}:acks       LIST of ids popped by poolctl consumers, not yet consumed in SQL
+    {type}:pool:{group}:claiming   SET of ids a fill committed as queued but has not pushed yet
+    {type}:pool:{group}:dead       LIST of malformed items taken out of the pool
+
+A key prefix is put in front of every name. With hash tags on, the pool part is
+wrapped in braces (`{titles:pool:3}:acks`) so that all keys of one pool land in
+the same Redis Cluster slot, as the Lua scripts that touch several of them need.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+POOL_INFIX = ":pool:"
+LOCK_SUFFIX = ":filling"
+ACKS_SUFFIX = ":acks"
+CLAIMING_SUFFIX = ":claiming"
+DEAD_SUFFIX = ":dead"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKeys:
+    """The Redis keys of one pool: one pool type and one group."""
+
+    pool_type: str
+    group: int
+    pool: str
+    lock: str
+    acks: str
+    claiming: str
+    dead: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyScheme:
+    """Builds key names from the configured prefix and hash-tag choice."""
+
+    prefix: str = ""
+    hash_tags: bool = False
+
+    def pool_keys(self, pool_type: str, group: int) -> PoolKeys:
+        base = f"{pool_type}{POOL_INFIX}{group}"
+        if self.hash_tags:
+            base = "{" + base + "}"
+        pool = self.prefix + base
+        return PoolKeys(
+            pool_type=pool_type,
+            group=group,
+            pool=pool,
+            lock=pool + LOCK_SUFFIX,
+            acks=pool + ACKS_SUFFIX,
+            claiming=pool + CLAIMING_SUFFIX,
+            dead=pool + DEAD_SUFFIX,
+        )
+
+    def lock_pattern(self) -> str:
+        """Return a SCAN MATCH pattern for every fill lock under this scheme."""
+        return self.prefix + "*" + POOL_INFIX + "*" + LOCK_SUFFIX
+
+    def parse_lock_key(self, key: str) -> tuple[str, int] | None:
+        """Return (pool type, group) of a lock key, or None when the key is not one."""
+        if not key.startswith(self.prefix) or not key.endswith(LOCK_SUFFIX):
+            return None
+        base = key[len(self.prefix) : -len(LOCK_SUFFIX)]
+        if self.hash_tags:
+            if not (base.startswith("{") and base.endswith("}")):
+                return None
+            base = base[1:-1]
+        pool_type, sep, group = base.rpartition(POOL_INFIX)
+        if not sep or not pool_type or not group.lstrip("-").isdigit():
+            return None
+        return pool_type, int(group)
+
+
+def new_owner_token() -> str:
+    """Return a lock owner token: host and pid for the operator, random part for uniqueness."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"

@@ -1,0 +1,23 @@
+"""The SQL side: one backend per URL scheme behind the `Database` contract."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from poolctl.config import Settings
+from poolctl.sql.base import Database, QueryPlan, Row, StateCounts
+
+__all__ = ["Database", "QueryPlan", "Row", "StateCounts", "connect_database"]
+
+
+def connect_database(settings: Settings) -> Database:
+    """Open the database that settings.database.url names (sqlite:/// or mysql://)."""
+    url = settings.database.url
+    timeout_s = settings.database.connect_timeout_s
+    if urlsplit(url).scheme == "mysql":
+        from poolctl.sql.mysql import MysqlDatabase  # PyMySQL is imported only when used
+
+        return MysqlDatabase(url, settings.status, settings.pools, timeout_s)
+    from poolctl.sql.sqlite import SqliteDatabase
+
+    return SqliteDatabase(url, settings.status, settings.pools, timeout_s)

@@ -1,0 +1,240 @@
+"""The SQL contract every backend fulfils, and the statements both backends share.
+
+Item state lives in one status column (available, queued, consumed). Every
+state change is a conditional UPDATE inside a transaction, so concurrent
+fillers and fallback consumers can never claim the same row twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from poolctl.config import PoolTypeSettings, StatusValues
+
+log = logging.getLogger(__name__)
+
+# Ids per statement in IN (...) lists: small enough for any packet size, large
+# enough that an ack flush of a few thousand ids is a handful of statements.
+IN_CHUNK = 1000
+
+# Called with the claimed ids after they are selected and before the claim
+# commits; returning False rolls the claim back (the fill lock was lost).
+BeforeCommit = Callable[[list[int]], bool]
+
+
+class Rollback(Exception):
+    """Raised inside a transaction block to undo it without an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A claimed row: its id and its text."""
+
+    id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPlan:
+    """What the database plans for the fill query."""
+
+    uses_index: bool
+    filesort: bool
+    index: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateCounts:
+    """Rows of one group per item state."""
+
+    available: int = 0
+    queued: int = 0
+    consumed: int = 0
+    other: int = 0
+
+
+@dataclass(frozen=True)
+class Table:
+    """One pool type's table with its quoted names and the SQL statements built from them."""
+
+    pool_type: str
+    spec: PoolTypeSettings
+    status: StatusValues
+    quote: Callable[[str], str]
+    placeholder: str
+    names: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        object.__setattr__(
+            self,
+            "names",
+            {
+                "table": self.quote(spec.table),
+                "id": self.quote(spec.id_column),
+                "text": self.quote(spec.text_column),
+                "group": self.quote(spec.group_column),
+                "batch": self.quote(spec.batch_column),
+                "status": self.quote(spec.status_column),
+            },
+        )
+
+    @property
+    def index_name(self) -> str:
+        return f"{self.spec.table}_poolctl_fill"
+
+    def sql(self, template: str) -> str:
+        """Fill {table}, {id}, ... with quoted names and {p} with the driver's placeholder."""
+        return template.format(p=self.placeholder, **self.names)
+
+    def in_list(self, count: int) -> str:
+        return ", ".join([self.placeholder] * count)
+
+    def select_available(self, limit_clause: str = "LIMIT {p}") -> str:
+        # Fill order: newest batch first, then oldest id. The fill index
+        # (group, status, batch DESC, id) serves this without a sort.
+        return self.sql(
+            "SELECT {id}, {text} FROM {table} WHERE {group} = {p} AND {status} = {p} "
+            "ORDER BY {batch} DESC, {id} ASC " + limit_clause
+        )
+
+    def update_status(self, count: int, only_from: bool = False) -> str:
+        where = f"{{id}} IN ({self.in_list(count)})"
+        if only_from:
+            where += " AND {status} = {p}"
+        return self.sql("UPDATE {table} SET {status} = {p} WHERE " + where)
+
+
+def chunks(ids: Sequence[int], size: int = IN_CHUNK) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+class Database(ABC):
+    """A connection to the SQL side: claims, state changes, counts and schema."""
+
+    dialect: str
+    placeholder: str
+
+    def __init__(self, status: StatusValues, pools: dict[str, PoolTypeSettings]) -> None:
+        self.status = status
+        self.tables = {name: self.make_table(name, spec) for name, spec in pools.items()}
+
+    def make_table(self, pool_type: str, spec: PoolTypeSettings) -> Table:
+        return Table(pool_type, spec, self.status, self.quote, self.placeholder)
+
+    def table(self, pool_type: str) -> Table:
+        return self.tables[pool_type]
+
+    @staticmethod
+    @abstractmethod
+    def quote(name: str) -> str: ...
+
+    # -- transactions and statements, per backend -------------------------
+
+    @abstractmethod
+    def claim(self, pool_type: str, group: int, limit: int, before_commit: BeforeCommit | None = None) -> list[Row]:
+        """Select up to `limit` available rows in fill order and mark them queued, in one transaction."""
+
+    @abstractmethod
+    def claim_for_consumer(self, pool_type: str, group: int) -> Row | None:
+        """Take one available row straight to consumed (the fallback pop), or None when there is none."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write statement in its own transaction and return the affected row count."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read statement and return all rows."""
+
+    @abstractmethod
+    def check_table(self, pool_type: str) -> None:
+        """Raise SchemaError when the table or one of its configured columns is missing."""
+
+    @abstractmethod
+    def create_table(self, pool_type: str) -> bool:
+        """Create the table and its fill index when missing; return True when it was created."""
+
+    @abstractmethod
+    def explain_claim(self, pool_type: str) -> QueryPlan:
+        """Return the database's plan for the fill query."""
+
+    @abstractmethod
+    def insert_rows(self, pool_type: str, rows: Iterable[tuple[int, int, str]]) -> int:
+        """Insert (group, batch, text) rows as available, in bulk and in one transaction."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def server_version(self) -> str: ...
+
+    # -- shared operations --------------------------------------------------
+
+    def mark_consumed(self, pool_type: str, ids: Sequence[int]) -> int:
+        """Set the rows to consumed, whatever state they are in; return how many changed."""
+        table = self.table(pool_type)
+        changed = 0
+        for part in chunks(ids):
+            changed += self.execute(table.update_status(len(part)), [self.status.consumed, *part])
+        return changed
+
+    def restore(self, pool_type: str, ids: Sequence[int]) -> int:
+        """Make queued rows available again; rows in any other state are left alone."""
+        table = self.table(pool_type)
+        changed = 0
+        for part in chunks(ids):
+            sql = table.update_status(len(part), only_from=True)
+            changed += self.execute(sql, [self.status.available, *part, self.status.queued])
+        return changed
+
+    def queued_ids(self, pool_type: str, group: int) -> set[int]:
+        table = self.table(pool_type)
+        rows = self.query(
+            table.sql("SELECT {id} FROM {table} WHERE {group} = {p} AND {status} = {p}"),
+            [group, self.status.queued],
+        )
+        return {row[0] for row in rows}
+
+    def statuses(self, pool_type: str, ids: Sequence[int]) -> dict[int, int]:
+        """Return the status of each id that exists."""
+        table = self.table(pool_type)
+        found: dict[int, int] = {}
+        for part in chunks(ids):
+            sql = table.sql(f"SELECT {{id}}, {{status}} FROM {{table}} WHERE {{id}} IN ({table.in_list(len(part))})")
+            found.update((row[0], row[1]) for row in self.query(sql, part))
+        return found
+
+    def groups(self, pool_type: str, status: int | None = None) -> list[int]:
+        """Return the groups that have rows, or only those with rows in the given status."""
+        table = self.table(pool_type)
+        if status is None:
+            rows = self.query(table.sql("SELECT {group} FROM {table} GROUP BY {group}"))
+        else:
+            # An equality on a column after the grouped one still allows a
+            # loose index scan on (group, status, ...), so this stays cheap.
+            sql = table.sql("SELECT {group} FROM {table} WHERE {status} = {p} GROUP BY {group}")
+            rows = self.query(sql, [status])
+        return sorted(row[0] for row in rows)
+
+    def group_exists(self, pool_type: str, group: int) -> bool:
+        table = self.table(pool_type)
+        return bool(self.query(table.sql("SELECT 1 FROM {table} WHERE {group} = {p} LIMIT 1"), [group]))
+
+    def state_counts(self, pool_type: str) -> dict[int, StateCounts]:
+        """Return, per group, how many rows are available, queued and consumed."""
+        table = self.table(pool_type)
+        rows = self.query(table.sql("SELECT {group}, {status}, COUNT(*) FROM {table} GROUP BY {group}, {status}"))
+        by_group: dict[int, dict[str, int]] = {}
+        names = {self.status.available: "available", self.status.queued: "queued", self.status.consumed: "consumed"}
+        for group, status, count in rows:
+            counts = by_group.setdefault(group, {})
+            name = names.get(status, "other")
+            counts[name] = counts.get(name, 0) + count
+        return {group: StateCounts(**counts) for group, counts in by_group.items()}
