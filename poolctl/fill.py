@@ -128,13 +128,15 @@ class Filler:
         """Top one pool up to its size under its fill lock."""
         started = time.monotonic()
         fill = PoolFill(keys.pool_type, keys.group, length, length)
-        ttl_s = self.settings.fill.lock_ttl_s
-        if not self.store.acquire_lock(keys, self.token, ttl_s):
+        locked_length = self.store.acquire_lock(keys, self.token, self.settings.fill.lock_ttl_s)
+        if locked_length is None:
             fill.outcome = "locked"
             log.debug("pool %s group %d: lock held by another filler, skipped", keys.pool_type, keys.group)
             return fill
+        fill.length_before = fill.length_after = locked_length
         try:
-            self._fill_locked(keys, fill)
+            if locked_length <= self.settings.pools[keys.pool_type].threshold:
+                self._fill_locked(keys, fill)
         finally:
             self._release(keys)
         fill.seconds = time.monotonic() - started

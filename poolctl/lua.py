@@ -18,6 +18,17 @@ local function chunked(command, key, first, last)
 end
 """
 
+# KEYS: lock, pool. ARGV: token, ttl_ms. Takes the lock if it is free and
+# returns the pool's length, read under the lock (a length read before it may
+# be stale: another filler can fill the pool and release in between); returns
+# -1 when another owner holds the lock.
+ACQUIRE_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('LLEN', KEYS[2])
+end
+return -1
+"""
+
 # KEYS: lock. ARGV: token. Returns 1 when the caller owned the lock and removed it.
 RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -85,6 +85,7 @@ class RedisStore:
         self.client = client
         self.scheme = scheme
         self.masked_url = masked_url
+        self._acquire = client.register_script(lua.ACQUIRE_LOCK)
         self._release = client.register_script(lua.RELEASE_LOCK)
         self._extend = client.register_script(lua.EXTEND_LOCK)
         self._record_claim = client.register_script(lua.RECORD_CLAIM)
@@ -153,9 +154,11 @@ class RedisStore:
 
     # -- fill locks --------------------------------------------------------
 
-    def acquire_lock(self, keys: PoolKeys, token: str, ttl_s: float) -> bool:
+    def acquire_lock(self, keys: PoolKeys, token: str, ttl_s: float) -> int | None:
+        """Take the pool's fill lock; return the pool length read under it, or None when it is held."""
         with self.errors(keys):
-            return bool(self.client.set(keys.lock, token, nx=True, px=_ms(ttl_s)))
+            length = int(self._acquire(keys=[keys.lock, keys.pool], args=[token, _ms(ttl_s)]))
+        return None if length < 0 else length
 
     def extend_lock(self, keys: PoolKeys, token: str, ttl_s: float) -> bool:
         with self.errors(keys):

@@ -54,7 +54,10 @@ class SqliteDatabase(Database):
 
     @staticmethod
     def quote(name: str) -> str:
-        return f'"{name}"'
+        # Not "name": SQLite reads a double-quoted name that matches no column
+        # as a string literal, so a misconfigured column would fill pools with
+        # its own name instead of failing.
+        return f"[{name}]"
 
     @contextmanager
     def _errors(self, pool_type: str | None = None) -> Iterator[None]:

@@ -1,0 +1,109 @@
+"""PoolConsumer on both backends: pops, acks reaching SQL, and the SQL fallback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from poolctl.consumer import PoolConsumer
+from poolctl.errors import RedisUnavailable, UnknownPoolType
+from poolctl.fill import Filler
+from poolctl.items import encode_item
+from poolctl.store import RedisStore
+
+from conftest import Backend, load_rows, make_settings, status_of
+
+
+def filled(backend: Backend, count: int = 30) -> None:
+    load_rows(backend.db, "titles", [(1, 1, f"item {n}") for n in range(count)])
+    filler = Filler(backend.settings, backend.store, backend.db)
+    filler.run_pass(filler.discover(["titles"]))
+
+
+def consumer_for(backend: Backend, **acks: object) -> PoolConsumer:
+    settings = make_settings(backend.settings, acks=acks) if acks else backend.settings
+    return PoolConsumer(settings, store=backend.store, db=backend.db)
+
+
+def test_pop_returns_items_in_fill_order(backend: Backend) -> None:
+    filled(backend)
+    consumer = consumer_for(backend)
+    first, second = consumer.pop("titles", 1), consumer.pop("titles", 1)
+    assert first is not None and second is not None
+    assert (first.text, second.text) == ("item 0", "item 1")
+    assert first.source == "pool"
+
+
+def test_pop_empty_pool_returns_none(backend: Backend) -> None:
+    assert consumer_for(backend).pop("titles", 1) is None
+
+
+def test_pop_unknown_pool_type_raises(backend: Backend) -> None:
+    with pytest.raises(UnknownPoolType):
+        consumer_for(backend).pop("headlines", 1)
+
+
+def test_acks_reach_sql_in_batches(backend: Backend) -> None:
+    filled(backend)
+    consumer = consumer_for(backend, batch=5, interval_s=3600)
+    items = [consumer.pop("titles", 1) for _ in range(4)]
+    statuses = status_of(backend.db, "titles")
+    assert all(statuses[item.id] == backend.settings.status.queued for item in items)
+    items.append(consumer.pop("titles", 1))  # the fifth ack fills the batch
+    statuses = status_of(backend.db, "titles")
+    assert all(statuses[item.id] == backend.settings.status.consumed for item in items)
+
+
+def test_close_flushes_acks(backend: Backend) -> None:
+    filled(backend)
+    consumer = consumer_for(backend, batch=100, interval_s=3600)
+    items = consumer.pop_many("titles", 1, 7)
+    consumer.flush_acks()
+    statuses = status_of(backend.db, "titles")
+    assert [statuses[item.id] for item in items] == [backend.settings.status.consumed] * 7
+    assert backend.redis_client.llen(backend.store.keys("titles", 1).acks) == 0
+
+
+def test_fallback_when_pool_empty(backend: Backend) -> None:
+    load_rows(backend.db, "titles", [(1, 1, "only in SQL")])
+    item = consumer_for(backend).pop_with_fallback("titles", 1)
+    assert item is not None
+    assert (item.text, item.source) == ("only in SQL", "sql")
+    assert status_of(backend.db, "titles")[item.id] == backend.settings.status.consumed
+
+
+def test_fallback_never_takes_queued_item(backend: Backend) -> None:
+    filled(backend, count=3)  # all three queued in the pool
+    keys = backend.store.keys("titles", 1)
+    backend.redis_client.delete(keys.pool)  # the pool is gone, the rows are still queued
+    assert consumer_for(backend).pop_with_fallback("titles", 1) is None
+
+
+def test_fallback_when_redis_down(backend: Backend) -> None:
+    load_rows(backend.db, "titles", [(1, 1, "from SQL")])
+    settings = make_settings(backend.settings, redis={"url": "redis://127.0.0.1:1/0", "connect_timeout_s": 0.5})
+    consumer = PoolConsumer(settings, store=RedisStore.from_settings(settings), db=backend.db)
+    with pytest.raises(RedisUnavailable):
+        consumer.pop("titles", 1)
+    item = consumer.pop_with_fallback("titles", 1)
+    assert item is not None and item.source == "sql"
+
+
+def test_malformed_item_never_handed_out(backend: Backend) -> None:
+    keys = backend.store.keys("titles", 1)
+    backend.redis_client.lpush(keys.pool, encode_item(5, "good"))
+    backend.redis_client.rpush(keys.pool, b'{"id": "five"}')
+    item = consumer_for(backend).pop("titles", 1)
+    assert item is not None and item.id == 5
+    assert backend.redis_client.lrange(keys.dead, 0, -1) == [b'{"id": "five"}']
+
+
+def test_go_style_rpop_reads_pool(backend: Backend) -> None:
+    """A consumer that knows only the key, RPOP and the JSON reads a poolctl pool."""
+    filled(backend, count=3)
+    raw = backend.redis_client.rpop(backend.settings.redis.key_prefix + "titles:pool:1")
+    item = json.loads(raw)
+    assert set(item) == {"id", "text"}
+    assert isinstance(item["id"], int)
+    assert item["text"] == "item 0"
