@@ -60,9 +60,6 @@ class PassResult:
     def pushed(self) -> int:
         return sum(fill.pushed for fill in self.fills)
 
-    def fill_for(self, keys: PoolKeys) -> PoolFill:
-        return next(fill for fill in self.fills if (fill.pool_type, fill.group) == (keys.pool_type, keys.group))
-
 
 class Filler:
     """Runs fill passes for the configured pool types with one lock owner token."""

@@ -93,24 +93,21 @@ class Watcher:
         """Seconds until the next pass: the interval, or sooner for a pool that drains fast."""
         interval = self.settings.fill.interval_s
         floor = self.settings.fill.min_interval_s
-        ends = {(fill.pool_type, fill.group): fill.length_after for fill in result.fills}
+        fills = {(fill.pool_type, fill.group): fill for fill in result.fills}
         wait = interval
         now = time.monotonic()
         for keys, length in result.lengths.items():
-            end = ends.get((keys.pool_type, keys.group), length)
             spec = self.settings.pools[keys.pool_type]
-            if keys in ends and end < spec.size and result.fill_for(keys).outcome == "filled":
+            fill = fills.get((keys.pool_type, keys.group))
+            if fill is not None and fill.outcome == "filled" and fill.length_after < spec.size:
                 wait = floor  # still short of its size while SQL has rows: go again at once
             previous = self._samples.get(keys)
-            self._samples[keys] = _Sample(end, now)
+            self._samples[keys] = _Sample(fill.length_after if fill else length, now)
             if previous is None or length >= previous.length or now <= previous.at:
                 continue
             rate = (previous.length - length) / (now - previous.at)
             wait = min(wait, max(length - spec.threshold, 0) / rate / 2)
         return max(floor, min(wait, interval))
-
-    def _size(self, pool_type: str) -> int:
-        return self.settings.pools[pool_type].size
 
     def _service_down(self, exc: ServiceUnavailable) -> None:
         name = "Redis" if isinstance(exc, RedisUnavailable) else "SQL" if isinstance(exc, DatabaseUnavailable) else "a service"
