@@ -8,12 +8,15 @@ fillers and fallback consumers can never claim the same row twice.
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from poolctl.config import PoolTypeSettings, StatusValues
+from poolctl.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,14 @@ IN_CHUNK = 1000
 # Called with the claimed ids after they are selected and before the claim
 # commits; returning False rolls the claim back (the fill lock was lost).
 BeforeCommit = Callable[[list[int]], bool]
+
+# Character sets whose UTF-8 form stops at 3 bytes: they cannot store
+# characters above U+FFFF (emoji, CJK Extension B and later).
+BMP_ONLY_CHARSETS = {"utf8", "utf8mb3", "ucs2"}
+ABOVE_BMP = re.compile("[\U00010000-\U0010FFFF]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+T = TypeVar("T")
 
 
 class Rollback(Exception):
@@ -175,6 +186,25 @@ class Database(ABC):
     @abstractmethod
     def server_version(self) -> str: ...
 
+    @abstractmethod
+    def text_charset(self, pool_type: str) -> str | None:
+        """Return the character set of the text column, or None when the backend has none (SQLite)."""
+
+    @abstractmethod
+    def _transaction(self, pool_type: str | None = None) -> AbstractContextManager[Any]:
+        """Run the block in one write transaction and yield a cursor; raising Rollback inside undoes it quietly."""
+
+    # Appended to a SELECT inside _transaction: lock the rows read, waiting for
+    # other transactions (row_lock_clause), or skipping rows they hold
+    # (skip_locked_clause). Empty where the transaction itself already
+    # excludes other writers.
+    row_lock_clause: str = ""
+    skip_locked_clause: str = ""
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Run a transaction, retrying it where the backend knows that a retry is safe."""
+        return operation()
+
     # -- shared operations --------------------------------------------------
 
     def mark_consumed(self, pool_type: str, ids: Sequence[int]) -> int:
@@ -185,14 +215,96 @@ class Database(ABC):
             changed += self.execute(table.update_status(len(part)), [self.status.consumed, *part])
         return changed
 
-    def restore(self, pool_type: str, ids: Sequence[int]) -> int:
-        """Make queued rows available again; rows in any other state are left alone."""
+    def restore(self, pool_type: str, ids: Sequence[int], before_commit: BeforeCommit | None = None) -> list[int]:
+        """Make queued rows available again and return their ids; rows in any other state are left alone.
+
+        Works in chunks of IN_CHUNK ids, one transaction each. Each chunk's rows
+        are locked and still queued when before_commit is called with their ids.
+        A False from before_commit rolls that chunk back and stops, so a
+        reconcile that lost its fill lock restores nothing more.
+        """
         table = self.table(pool_type)
-        changed = 0
+        restored: list[int] = []
         for part in chunks(ids):
-            sql = table.update_status(len(part), only_from=True)
-            changed += self.execute(sql, [self.status.available, *part, self.status.queued])
-        return changed
+            done = self._retrying(lambda part=part: self._restore_chunk(table, part, before_commit))
+            if done is None:
+                break
+            restored.extend(done)
+        return restored
+
+    def _restore_chunk(self, table: Table, ids: Sequence[int], before_commit: BeforeCommit | None) -> list[int] | None:
+        select = table.sql(
+            f"SELECT {{id}} FROM {{table}} WHERE {{id}} IN ({table.in_list(len(ids))}) AND {{status}} = {{p}} {self.row_lock_clause}"
+        )
+        found: list[int] = []
+        stopped = False
+        with self._transaction(table.pool_type) as cursor:
+            cursor.execute(select, [*ids, self.status.queued])
+            found = [row[0] for row in cursor.fetchall()]
+            if not found:
+                raise Rollback
+            if before_commit is not None and not before_commit(found):
+                stopped = True
+                raise Rollback
+            cursor.execute(table.update_status(len(found), only_from=True), [self.status.available, *found, self.status.queued])
+        if stopped:
+            return None
+        return found
+
+    def unlocked_statuses(self, pool_type: str, ids: Sequence[int]) -> dict[int, int]:
+        """Return the status of each row that exists and that no other transaction holds locked.
+
+        A fill that recorded ids in a claiming set holds their rows locked until
+        it commits or rolls back, so a row missing from the answer may still be
+        on its way to queued. On SQLite no other writer can be in a transaction
+        at the same time, and every existing row is returned.
+        """
+        table = self.table(pool_type)
+        found: dict[int, int] = {}
+        for part in chunks(ids):
+            select = table.sql(
+                f"SELECT {{id}}, {{status}} FROM {{table}} WHERE {{id}} IN ({table.in_list(len(part))}) {self.skip_locked_clause}"
+            )
+
+            def read(select: str = select, part: Sequence[int] = part) -> dict[int, int]:
+                rows: dict[int, int] = {}
+                with self._transaction(pool_type) as cursor:
+                    cursor.execute(select, list(part))
+                    rows = {row[0]: row[1] for row in cursor.fetchall()}
+                    raise Rollback  # read only: release the row locks at once
+                return rows
+
+            found.update(self._retrying(read))
+        return found
+
+    def ping(self) -> None:
+        """Run a trivial query, reconnecting first where the backend can; raise DatabaseUnavailable when that fails."""
+        self.query("SELECT 1")
+
+    def check_texts(self, pool_type: str, texts: Iterable[str], charset: str | None, start: int = 1) -> None:
+        """Raise DataError naming the first text that the column's character set cannot store.
+
+        Row numbers count from start in the order given. Python strings can
+        hold lone surrogates, which no character set stores.
+        """
+        spec = self.table(pool_type).spec
+        column = f"{spec.table}.{spec.text_column}"
+        bmp_only = (charset or "").lower() in BMP_ONLY_CHARSETS
+        for number, text in enumerate(texts, start=start):
+            if found := LONE_SURROGATE.search(text):
+                raise DataError(
+                    f"row {number} for {column}: text contains a lone surrogate U+{ord(found.group()):04X}, "
+                    "which is not valid Unicode; nothing was inserted",
+                    "Fix the text's encoding before loading it",
+                )
+            if bmp_only and (found := ABOVE_BMP.search(text)):
+                char = found.group()
+                raise DataError(
+                    f"row {number} for {column}: text contains {char} (U+{ord(char):X}), a 4-byte character that "
+                    f"the column's character set {charset} cannot store; nothing was inserted",
+                    f"Convert the table to utf8mb4 (ALTER TABLE {spec.table} CONVERT TO CHARACTER SET utf8mb4), "
+                    "or remove the character",
+                )
 
     def queued_ids(self, pool_type: str, group: int) -> set[int]:
         table = self.table(pool_type)
@@ -201,6 +313,23 @@ class Database(ABC):
             [group, self.status.queued],
         )
         return {row[0] for row in rows}
+
+    def queued_groups(self, pool_type: str) -> dict[int, int]:
+        """Return the group of every queued row, by id."""
+        table = self.table(pool_type)
+        rows = self.query(table.sql("SELECT {id}, {group} FROM {table} WHERE {status} = {p}"), [self.status.queued])
+        return {row[0]: row[1] for row in rows}
+
+    def groups_and_statuses(self, pool_type: str, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """Return (group, status) of each id that exists."""
+        table = self.table(pool_type)
+        found: dict[int, tuple[int, int]] = {}
+        for part in chunks(ids):
+            sql = table.sql(
+                f"SELECT {{id}}, {{group}}, {{status}} FROM {{table}} WHERE {{id}} IN ({table.in_list(len(part))})"
+            )
+            found.update((row[0], (row[1], row[2])) for row in self.query(sql, part))
+        return found
 
     def statuses(self, pool_type: str, ids: Sequence[int]) -> dict[int, int]:
         """Return the status of each id that exists."""

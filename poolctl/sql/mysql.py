@@ -51,6 +51,14 @@ BAD_TEXT = {ER.TRUNCATED_WRONG_VALUE_FOR_FIELD, 1300, ER.DATA_TOO_LONG}  # 1300:
 T = TypeVar("T")
 
 
+class ConnectionLost(DatabaseUnavailable):
+    """The connection broke during a statement; at_commit says whether it broke during COMMIT."""
+
+    def __init__(self, message: str, hint: str, at_commit: bool) -> None:
+        super().__init__(message, hint)
+        self.at_commit = at_commit
+
+
 def connect_args(url: str, timeout_s: float) -> dict[str, Any]:
     """Turn mysql://user:pass@host:port/db?unix_socket=... into PyMySQL connect arguments."""
     parts = urlsplit(url)
@@ -88,6 +96,7 @@ class MysqlDatabase(Database):
         self.masked_url = mask_url(url)
         self._args = connect_args(url, timeout_s)
         self._conn: pymysql.connections.Connection | None = None
+        self._committing = False
         self.connection()
         self.version = self.query("SELECT VERSION()")[0][0]
         self.is_mariadb = "mariadb" in self.version.lower()
@@ -95,6 +104,8 @@ class MysqlDatabase(Database):
         self.skip_locked = number >= (10, 6, 0) if self.is_mariadb else number >= (8, 0, 1)
         self.descending_indexes = number >= (10, 8, 0) if self.is_mariadb else number >= (8, 0, 0)
         self.lock_clause = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
+        self.row_lock_clause = "FOR UPDATE"
+        self.skip_locked_clause = self.lock_clause
 
     @staticmethod
     def quote(name: str) -> str:
@@ -138,13 +149,16 @@ class MysqlDatabase(Database):
         try:
             yield
         except pymysql.err.InterfaceError as exc:
+            at_commit, self._committing = self._committing, False
             self._drop_connection()
-            raise DatabaseUnavailable(f"connection to {self.masked_url} was closed: {exc}", URL_HINT) from None
+            raise ConnectionLost(f"connection to {self.masked_url} was closed: {exc}", URL_HINT, at_commit) from None
         except pymysql.err.MySQLError as exc:
+            at_commit, self._committing = self._committing, False
             code = exc.args[0] if exc.args else 0
             if code in CONNECTION_LOST:
                 self._drop_connection()
-                raise self._unavailable(exc, "lost the connection to") from None
+                lost = self._unavailable(exc, "lost the connection to")
+                raise ConnectionLost(lost.message, lost.hint, at_commit) from None
             if code in MISSING_SCHEMA:
                 where = f" (pool type {pool_type})" if pool_type else ""
                 raise SchemaError(
@@ -157,14 +171,34 @@ class MysqlDatabase(Database):
                 ) from None
             raise
 
-    def _with_retry(self, operation: Callable[[], T]) -> T:
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Run a transaction or query, retrying it after a deadlock, a lock wait timeout or a lost connection.
+
+        A connection lost before COMMIT was sent leaves nothing behind (the
+        server rolls the transaction back), so the operation runs once more on
+        a new connection: this is how a connection closed by wait_timeout, KILL
+        CONNECTION or a server restart is replaced. A connection lost during
+        COMMIT leaves the outcome unknown, so that error goes to the caller.
+        """
+        lost: ConnectionLost | None = None
         for attempt in range(1, CLAIM_ATTEMPTS + 1):
             try:
-                return operation()
+                result = operation()
+            except ConnectionLost as exc:
+                if exc.at_commit or attempt == CLAIM_ATTEMPTS:
+                    raise
+                lost = exc
+                continue
             except pymysql.err.OperationalError as exc:
                 if exc.args[0] not in RETRYABLE or attempt == CLAIM_ATTEMPTS:
                     raise
                 log.warning("transaction retried after %s (attempt %d)", exc.args[1], attempt)
+                continue
+            if lost is not None:
+                # Logged only once the new connection worked: when it fails,
+                # the caller reports the outage instead.
+                log.info("reconnected after this error: %s", lost.message)
+            return result
         raise AssertionError("unreachable")
 
     @contextmanager
@@ -185,7 +219,9 @@ class MysqlDatabase(Database):
                 except pymysql.err.MySQLError:
                     pass  # the connection is gone; the server rolls the transaction back itself
                 raise
+            self._committing = True
             conn.commit()
+            self._committing = False
 
     def claim(self, pool_type: str, group: int, limit: int, before_commit: BeforeCommit | None = None) -> list[Row]:
         table = self.table(pool_type)
@@ -203,7 +239,7 @@ class MysqlDatabase(Database):
                 cursor.execute(table.update_status(len(ids)), (self.status.queued, *ids))
             return rows
 
-        return self._with_retry(attempt)
+        return self._retrying(attempt)
 
     def claim_for_consumer(self, pool_type: str, group: int) -> Row | None:
         table = self.table(pool_type)
@@ -219,19 +255,25 @@ class MysqlDatabase(Database):
                 cursor.execute(table.update_status(1), (self.status.consumed, found[0]))
             return Row(found[0], found[1]) if found else None
 
-        return self._with_retry(attempt)
+        return self._retrying(attempt)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        count = 0
-        with self._transaction() as cursor:
-            count = cursor.execute(sql, tuple(params))
-        return count
+        def attempt() -> int:
+            count = 0
+            with self._transaction() as cursor:
+                count = cursor.execute(sql, tuple(params))
+            return count
+
+        return self._retrying(attempt)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._errors():
-            with self.connection().cursor() as cursor:
-                cursor.execute(sql, tuple(params))
-                return list(cursor.fetchall())
+        def attempt() -> list[tuple[Any, ...]]:
+            with self._errors():
+                with self.connection().cursor() as cursor:
+                    cursor.execute(sql, tuple(params))
+                    return list(cursor.fetchall())
+
+        return self._retrying(attempt)
 
     def columns(self, table_name: str) -> dict[str, str | None]:
         """Return the table's columns and their character sets; empty when the table is missing."""
@@ -241,6 +283,10 @@ class MysqlDatabase(Database):
             [table_name],
         )
         return {name: charset for name, charset in rows}
+
+    def text_charset(self, pool_type: str) -> str | None:
+        spec = self.table(pool_type).spec
+        return self.columns(spec.table).get(spec.text_column)
 
     def check_table(self, pool_type: str) -> None:
         spec = self.table(pool_type).spec
@@ -294,10 +340,12 @@ class MysqlDatabase(Database):
         table = self.table(pool_type)
         sql = table.sql("INSERT INTO {table} ({group}, {batch}, {status}, {text}) VALUES ({p}, {p}, {p}, {p})")
         available = self.status.available
+        charset = self.text_charset(pool_type)
         inserted = 0
         iterator = iter(rows)
         with self._transaction(pool_type) as cursor:
             while chunk := list(islice(iterator, INSERT_CHUNK)):
+                self.check_texts(pool_type, (text for _, _, text in chunk), charset, start=inserted + 1)
                 # PyMySQL rewrites executemany of one INSERT into multi-row statements.
                 cursor.executemany(sql, [(group, batch, available, text) for group, batch, text in chunk])
                 inserted += len(chunk)

@@ -181,6 +181,7 @@ class SqliteDatabase(Database):
         iterator = iter(rows)
         with self._transaction(pool_type) as cursor:
             while chunk := list(islice(iterator, INSERT_CHUNK)):
+                self.check_texts(pool_type, (text for _, _, text in chunk), None, start=inserted + 1)
                 try:
                     cursor.executemany(sql, [(group, batch, available, text) for group, batch, text in chunk])
                 except sqlite3.IntegrityError as exc:
@@ -190,6 +191,9 @@ class SqliteDatabase(Database):
 
     def server_version(self) -> str:
         return sqlite3.sqlite_version
+
+    def text_charset(self, pool_type: str) -> str | None:
+        return None  # SQLite stores any valid Unicode text
 
     def close(self) -> None:
         self.conn.close()
