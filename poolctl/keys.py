@@ -8,6 +8,15 @@ in other languages, so their default spelling is fixed:
     {type}:pool:{group}:acks       LIST of ids popped by poolctl consumers, not yet consumed in SQL
     {type}:pool:{group}:claiming   SET of ids a fill committed as queued but has not pushed yet
     {type}:pool:{group}:dead       LIST of malformed items taken out of the pool
+    {type}:pool:{group}:sentinel   STRING, no TTL: the owner token of the filler that last reconciled the pool
+    {type}:pool:{group}:acks_since STRING, ms since the epoch when the pending acks were last flushed
+
+The sentinel tells a filler whether Redis still holds the pool's state. Redis
+deletes it together with every other key when it restarts without persistence
+or is flushed. A missing sentinel therefore means that the pool, its acks and
+its claiming set may be gone, so every queued item missing from Redis is safe
+to restore. Deleting a sentinel by hand makes the next fill treat the pool that
+way too.
 
 A key prefix is put in front of every name. With hash tags on, the pool part is
 wrapped in braces (`{titles:pool:3}:acks`) so that all keys of one pool land in
@@ -26,6 +35,10 @@ LOCK_SUFFIX = ":filling"
 ACKS_SUFFIX = ":acks"
 CLAIMING_SUFFIX = ":claiming"
 DEAD_SUFFIX = ":dead"
+SENTINEL_SUFFIX = ":sentinel"
+ACKS_SINCE_SUFFIX = ":acks_since"
+# Every key of a pool other than the pool LIST itself ends with one of these.
+COMPANION_SUFFIXES = (LOCK_SUFFIX, ACKS_SUFFIX, CLAIMING_SUFFIX, DEAD_SUFFIX, SENTINEL_SUFFIX, ACKS_SINCE_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +52,8 @@ class PoolKeys:
     acks: str
     claiming: str
     dead: str
+    sentinel: str
+    acks_since: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +76,36 @@ class KeyScheme:
             acks=pool + ACKS_SUFFIX,
             claiming=pool + CLAIMING_SUFFIX,
             dead=pool + DEAD_SUFFIX,
+            sentinel=pool + SENTINEL_SUFFIX,
+            acks_since=pool + ACKS_SINCE_SUFFIX,
         )
 
     def lock_pattern(self) -> str:
         """Return a SCAN MATCH pattern for every fill lock under this scheme."""
         return self.prefix + "*" + POOL_INFIX + "*" + LOCK_SUFFIX
 
+    def pool_pattern(self) -> str:
+        """Return a SCAN MATCH pattern for every key of every pool under this scheme."""
+        return self.prefix + "*" + POOL_INFIX + "*"
+
     def parse_lock_key(self, key: str) -> tuple[str, int] | None:
         """Return (pool type, group) of a lock key, or None when the key is not one."""
         if not key.startswith(self.prefix) or not key.endswith(LOCK_SUFFIX):
             return None
-        base = key[len(self.prefix) : -len(LOCK_SUFFIX)]
+        return self._parse_base(key[len(self.prefix) : -len(LOCK_SUFFIX)])
+
+    def parse_key(self, key: str) -> tuple[str, int] | None:
+        """Return (pool type, group) of a pool key or any of its companion keys, or None for other keys."""
+        if not key.startswith(self.prefix):
+            return None
+        base = key[len(self.prefix) :]
+        for suffix in COMPANION_SUFFIXES:
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+        return self._parse_base(base)
+
+    def _parse_base(self, base: str) -> tuple[str, int] | None:
         if self.hash_tags:
             if not (base.startswith("{") and base.endswith("}")):
                 return None
