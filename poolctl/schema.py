@@ -1,15 +1,17 @@
-"""`db init`: create the pool tables with their fill index, and load sample rows."""
+"""`db init` and `db check`: create the pool tables with their fill index, load sample rows, check a schema."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from poolctl.config import Settings
-from poolctl.sample import sample_rows
+from poolctl.config import PoolTypeSettings, Settings
+from poolctl.errors import DataError, SchemaError
+from poolctl.sample import FOUR_BYTE_EXAMPLE, sample_rows
 from poolctl.sql import Database, QueryPlan
+from poolctl.sql.base import BMP_ONLY_CHARSETS
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ def init_database(
             )
         count = (samples or {}).get(pool_type, 0)
         if count:
+            _check_sample_charset(db, pool_type, spec)
             started = time.monotonic()
             rows = sample_rows(spec, count, groups, batches, seed)
             for chunk_end in _chunk_ends(count):
@@ -67,6 +70,64 @@ def init_database(
             result.seconds = time.monotonic() - started
             log.info("table %s: %d sample rows inserted in %.1fs", spec.table, result.inserted, result.seconds)
         results.append(result)
+    return results
+
+
+def _check_sample_charset(db: Database, pool_type: str, spec: PoolTypeSettings) -> None:
+    # Checked before the first insert: samples go in over several transactions,
+    # and a failure halfway would leave part of them behind.
+    charset = db.text_charset(pool_type)
+    if charset is not None and charset.lower() in BMP_ONLY_CHARSETS:
+        raise DataError(
+            f"column {spec.table}.{spec.text_column} uses {charset}, which cannot store the 4-byte characters "
+            f"that sample texts contain, such as {FOUR_BYTE_EXAMPLE} (U+{ord(FOUR_BYTE_EXAMPLE):X}); nothing was inserted",
+            f"Convert the table to utf8mb4 (ALTER TABLE {spec.table} CONVERT TO CHARACTER SET utf8mb4)",
+        )
+
+
+@dataclass(slots=True)
+class TableCheck:
+    """What `db check` found for one pool type's table: problems is empty when all is well."""
+
+    pool_type: str
+    table: str
+    charset: str | None = None
+    plan: QueryPlan | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def check_database(settings: Settings, db: Database, pool_types: list[str] | None = None) -> list[TableCheck]:
+    """Check each pool type's table: columns present, fill index used, text character set, status values."""
+    results = []
+    for pool_type in pool_types or list(settings.pools):
+        spec = settings.pool(pool_type)
+        check = TableCheck(pool_type, spec.table)
+        results.append(check)
+        try:
+            db.check_table(pool_type)
+        except SchemaError as exc:
+            check.problems.append(str(exc))
+            continue
+        check.plan = db.explain_claim(pool_type)
+        if not check.plan.uses_index or check.plan.filesort:
+            check.problems.append(
+                f"the fill query is not served by an index without a sort ({check.plan.detail}); add an index on "
+                f"({spec.group_column}, {spec.status_column}, {spec.batch_column} DESC, {spec.id_column})"
+            )
+        check.charset = db.text_charset(pool_type)
+        if check.charset is not None and check.charset.lower() in BMP_ONLY_CHARSETS:
+            check.problems.append(
+                f"column {spec.table}.{spec.text_column} uses {check.charset}, which cannot store 4-byte characters "
+                f"(emoji, CJK Extension B); convert it: ALTER TABLE {spec.table} CONVERT TO CHARACTER SET utf8mb4"
+            )
+        others = sum(counts.other for counts in db.state_counts(pool_type).values())
+        if others:
+            status = settings.status
+            check.problems.append(
+                f"{others} rows of {spec.table} have a {spec.status_column} that is none of available "
+                f"({status.available}), queued ({status.queued}) and consumed ({status.consumed}); fill and pop "
+                "ignore them. Check [status] in the config"
+            )
     return results
 
 

@@ -65,12 +65,13 @@ def _one_pass(rt: Runtime, pool: list[str] | None, group: int | None) -> None:
                     {
                         "pool_type": fill.pool_type, "group": fill.group, "length_before": fill.length_before,
                         "length_after": fill.length_after, "pushed": fill.pushed, "outcome": fill.outcome,
-                        "seconds": round(fill.seconds, 3),
+                        "restored": fill.restored, "seconds": round(fill.seconds, 3),
                     }
                     for fill in result.fills
                 ],
                 "pools_checked": len(targets),
                 "pushed": result.pushed,
+                "restored": result.restored,
                 "acks_flushed": result.acks_flushed,
                 "wrong_type": result.wrong_type,
                 "seconds": round(result.seconds, 3),
@@ -80,8 +81,9 @@ def _one_pass(rt: Runtime, pool: list[str] | None, group: int | None) -> None:
         rows = [[f.pool_type, f.group, f.length_before, f.length_after, f.pushed, f.outcome] for f in result.fills]
         rt.out.table(["pool", "group", "before", "after", "pushed", "outcome"], rows)
     log.info(
-        "fill pass: %d pools checked, %d filled, %d items pushed, %d acks flushed in %.2fs",
-        len(targets), sum(1 for f in result.fills if f.pushed), result.pushed, result.acks_flushed, result.seconds,
+        "fill pass: %d pools checked, %d filled, %d items pushed, %d restored, %d acks flushed in %.2fs",
+        len(targets), sum(1 for f in result.fills if f.pushed), result.pushed, result.restored, result.acks_flushed,
+        result.seconds,
     )
     if result.wrong_type:
         raise WrongKeyType(
