@@ -65,9 +65,10 @@ class Finding:
     key: str | None = None
     ids: list[int] = field(default_factory=list)
     count: int = 0
+    row_state: str | None = None  # for not_queued: available, consumed, gone or "status N"
 
-    def identity(self) -> tuple[str, str | None, int | None, str | None]:
-        return (self.check, self.pool_type, self.group, self.key)
+    def identity(self) -> tuple[str, str | None, int | None, str | None, str | None]:
+        return (self.check, self.pool_type, self.group, self.key, self.row_state)
 
     @property
     def text(self) -> str:
@@ -76,7 +77,8 @@ class Finding:
     def to_dict(self) -> dict[str, object]:
         return {
             "severity": self.severity, "check": self.check, "pool_type": self.pool_type, "group": self.group,
-            "key": self.key, "count": self.count, "ids": self.ids[:IDS_SHOWN], "message": self.text,
+            "key": self.key, "row_state": self.row_state, "count": self.count, "ids": self.ids[:IDS_SHOWN],
+            "message": self.text,
         }
 
 
@@ -229,7 +231,7 @@ def _check_pooled_rows(
                   "consumed": "it was served already and is handed out again"}.get(state, "it is handed out anyway")
         findings.append(Finding(
             "error", "not_queued", f"{keys.pool} holds {{count}} items whose rows are {state} in SQL, not queued: {danger}",
-            keys.pool_type, keys.group, keys.pool, ids, len(ids),
+            keys.pool_type, keys.group, keys.pool, ids, len(ids), row_state=state,
         ))
     if wrong_group:
         findings.append(Finding(

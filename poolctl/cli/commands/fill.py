@@ -87,8 +87,9 @@ def _one_pass(rt: Runtime, pool: list[str] | None, group: int | None) -> None:
     )
     if result.wrong_type:
         raise WrongKeyType(
-            f"{len(result.wrong_type)} pool keys are not lists: {', '.join(result.wrong_type[:5])}",
-            "Inspect them with redis-cli TYPE, then rename or delete them",
+            f"{len(result.wrong_type)} Redis keys hold the wrong type, their pools were skipped: "
+            f"{', '.join(result.wrong_type[:5])}",
+            "Inspect them with redis-cli TYPE, then rename or delete them; `poolctl audit` lists every one",
         )
 
 
