@@ -1,8 +1,8 @@
-"""Audit: check, read-only, that what Redis holds agrees with SQL.
+"""Audit: check, read-only, that the contents of Redis agree with SQL.
 
 Errors break an invariant that poolctl promises:
 
-  wrong_type      a key of a pool holds another Redis type than poolctl keeps there
+  wrong_type      a key of a pool has another Redis type than poolctl keeps there
   duplicate       an id sits twice in one pool, in two pools of a pool type, or in a pool and acks
   not_queued      a pooled id whose row is not queued: available (a fill can hand it out
                   a second time), consumed (it was served already), or gone
@@ -326,7 +326,7 @@ def _check_missing(
     queued: dict[int, int],
     pool_type: str,
 ) -> list[Finding]:
-    """Find queued rows that no pool and no acks list of the pool type holds."""
+    """Find queued rows that are in no pool and no acks list of the pool type."""
     held = set()
     for snapshot in snapshots.values():
         held.update(snapshot.pool_ids)

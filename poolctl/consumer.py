@@ -15,10 +15,15 @@ leaves the ack in Redis, where the next flush by any consumer or by
 
 The consumer also remembers the ids it popped until a flush confirms them. If
 Redis loses the acks (a restart without persistence), the consumer marks those
-ids consumed in SQL itself at its next flush, or at once when a pop finds Redis
-down. A consumer that dies while Redis loses its data takes that memory with
-it: its popped items stay queued and reconcile restores them, so they can be
-handed out again.
+ids consumed in SQL itself: at once when a pop finds Redis down, or else at
+the flush after next. A consumer that dies while Redis loses its data takes
+that memory with it: its popped items stay queued and reconcile restores
+them, so they can be handed out again.
+
+NOTE: a Redis that restarts between two pops of a consumer, so that the
+consumer never sees it down, leaves a window of up to two flush intervals in
+which a fill that reconciles the lost pool can restore and hand out again an
+item this consumer already has.
 """
 
 from __future__ import annotations
@@ -165,7 +170,8 @@ class PoolConsumer:
                 self._check_suspects(keys)
                 # Remembered ids this flush did not see were flushed by another
                 # consumer, are still waiting in a long acks list, or lost
-                # their acks with Redis data. The next flush tells them apart.
+                # their acks with Redis data. The next flush checks which of them SQL
+                # still has as queued.
                 confirmed = set(done)
                 self._suspects[keys] = [item for item in self._unconfirmed.pop(keys, []) if item not in confirmed]
             except ServiceUnavailable as exc:

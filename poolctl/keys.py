@@ -11,7 +11,7 @@ in other languages, so their default spelling is fixed:
     {type}:pool:{group}:sentinel   STRING, no TTL: the owner token of the filler that last reconciled the pool
     {type}:pool:{group}:acks_since STRING, ms since the epoch when the pending acks were last flushed
 
-The sentinel tells a filler whether Redis still holds the pool's state. Redis
+The sentinel shows a filler whether Redis still contains the pool's state. Redis
 deletes it together with every other key when it restarts without persistence
 or is flushed. A missing sentinel therefore means that the pool, its acks and
 its claiming set may be gone, so every queued item missing from Redis is safe

@@ -159,8 +159,8 @@ return {items, ids, acks, bad, redis.call('LLEN', KEYS[1])}
 
 # KEYS: acks, dead. ARGV: id, entry
 # Sets aside a popped entry that Python could not decode although POP
-# accepted it: its ack goes, so that the row is not marked consumed for an
-# item nobody got, and the entry goes to the dead-letter list.
+# accepted it: its ack is removed, so that the row is not marked consumed for
+# an item no consumer received, and the entry goes to the dead-letter list.
 SET_ASIDE = """
 redis.call('LREM', KEYS[1], 1, ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[2])

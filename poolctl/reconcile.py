@@ -1,8 +1,8 @@
-"""Reconcile: find items that SQL has as queued but Redis no longer holds, and make them available again.
+"""Reconcile: find items that SQL has as queued but Redis no longer contains, and make them available again.
 
 An item is queued in SQL from the moment a fill commits its claim until its
-ack reaches SQL. All that time Redis normally holds it: in the pool, then in
-the pool's acks list once a poolctl consumer popped it. A queued item that is
+ack reaches SQL. All that time Redis normally contains it: in the pool, then
+in the pool's acks list once a poolctl consumer popped it. A queued item that is
 in neither is missing, and falls in one of three kinds:
 
   recorded   its id is in the pool's claiming set. A fill committed it and
@@ -53,13 +53,13 @@ AMBIGUOUS_SETTLE_S = 2.0
 
 @dataclass(slots=True)
 class PoolReconcile:
-    """What reconcile found in one pool, and what it restored."""
+    """The missing items reconcile found in one pool, and the ones it restored."""
 
     pool_type: str
     group: int
     # checked: nothing restored, restored: some restored, locked: another
     # process held the lock, lock_lost: the lock expired midway,
-    # wrong_type: a key of the pool holds the wrong type
+    # wrong_type: a key of the pool has the wrong type
     outcome: str = "checked"
     sentinel_missing: bool = False
     queued: int = 0
@@ -226,12 +226,12 @@ def _find_missing(
 ) -> tuple[set[int], set[int], set[int]]:
     """Classify the pool's queued items; return the missing ids, the claiming set and the ids in pool or acks."""
     queued_value = settings.status.queued
-    # SQL before Redis. An item queued now and gone from Redis by the snapshot
-    # was popped in between: by a poolctl consumer, and then its ack flush set
-    # it consumed (the status check below drops it), or by an outside consumer,
-    # which makes it ambiguous, as it should be. Read the other way round, a
-    # fill that took the lock from a reconcile whose lock expired could commit
-    # rows after the snapshot, and they would look missing.
+    # SQL before Redis. An item that is queued now and gone from Redis by the
+    # snapshot was popped in between. If a poolctl consumer popped it, its ack
+    # flush may have set it consumed, and the status check below drops it. If
+    # an outside consumer popped it, it is ambiguous, as it should be. Read the
+    # other way round, a fill that took the lock from a reconcile whose lock
+    # expired could commit rows after the snapshot, and they would look missing.
     queued = db.queued_ids(keys.pool_type, keys.group)
     snapshot = store.read_pool(keys, token, settings.fill.lock_ttl_s)
     pool_ids = set(snapshot.pool_ids)

@@ -87,7 +87,7 @@ def _check_sample_charset(db: Database, pool_type: str, spec: PoolTypeSettings) 
 
 @dataclass(slots=True)
 class TableCheck:
-    """What `db check` found for one pool type's table: problems is empty when all is well."""
+    """The result of `db check` for one pool type's table; problems is empty when all is well."""
 
     pool_type: str
     table: str

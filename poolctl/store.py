@@ -72,7 +72,7 @@ class PoolSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PopResult:
-    """What one pop step returned: raw JSON items, their ids and the lengths after it."""
+    """The result of one pop step: raw JSON items, their ids and the lengths after it."""
 
     raw: list[bytes]
     ids: list[int]
@@ -257,7 +257,7 @@ class RedisStore:
             }
 
     def wrong_types(self, pools: Sequence[PoolKeys]) -> list[tuple[PoolKeys, str, str]]:
-        """Return (pool, key, type found) for every key of these pools that holds another type than poolctl keeps there."""
+        """Return (pool, key, type found) for every key of these pools whose type is not the one poolctl keeps there."""
         roles = list(EXPECTED_TYPES)
         with self.errors():
             pipe = self.client.pipeline(transaction=False)

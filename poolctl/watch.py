@@ -116,9 +116,9 @@ class Watcher:
                 len(crashed), sum(fill.restored for fill in crashed),
             )
         for key in sorted(set(result.wrong_type) - self._wrong_type):
-            log.error("Redis key %s holds the wrong type; its pool is skipped until it is fixed (see poolctl audit)", key)
+            log.error("Redis key %s has the wrong type; its pool is skipped until it is fixed (see poolctl audit)", key)
         for key in sorted(self._wrong_type - set(result.wrong_type)):
-            log.info("Redis key %s holds the right type again; its pool is filled again", key)
+            log.info("Redis key %s has the right type again; its pool is filled again", key)
         self._wrong_type = set(result.wrong_type)
 
     def next_wait(self, result: PassResult) -> float:
@@ -142,13 +142,13 @@ class Watcher:
         return max(floor, min(wait, interval))
 
     def _service_down(self, exc: ServiceUnavailable) -> None:
-        name = "Redis" if isinstance(exc, RedisUnavailable) else "SQL" if isinstance(exc, DatabaseUnavailable) else "a service"
+        name = _service_name(exc)
         if name not in self._down:
             self._down[name] = time.monotonic()
             log.warning("%s is unavailable, fill passes paused and retried with backoff: %s", name, exc.message)
 
     def _probe_down_services(self) -> None:
-        """Check each service that was down; log the ones that answer again, raise for the first that does not."""
+        """Check each service that was down; log each one that responds again, raise for the first that does not."""
         probes = {"Redis": self.filler.store.ping, "SQL": self.filler.db.ping}
         for name in list(self._down):
             probe = probes.get(name)
@@ -167,3 +167,11 @@ class Watcher:
             log.warning("final ack flush failed, acks stay in Redis for the next flush: %s", exc.message)
         if flushed:
             log.info("%d acks flushed before stopping", flushed)
+
+
+def _service_name(exc: ServiceUnavailable) -> str:
+    if isinstance(exc, RedisUnavailable):
+        return "Redis"
+    if isinstance(exc, DatabaseUnavailable):
+        return "SQL"
+    return "a service"

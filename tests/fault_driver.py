@@ -113,7 +113,7 @@ def consume(out_path: str, pool_type: str, groups: list[int], rng: random.Random
     for _ in range(2000):
         items = consumer.pop_many(pool_type, rng.choice(groups), rng.randint(1, 5))
         if items:
-            # Written before the kill point, so the test knows every item this consumer got.
+            # Written before the kill point, so the test has every item this consumer received.
             os.write(out, "".join(f"{item.id}\n" for item in items).encode())
             delivered += len(items)
         if delivered >= target:

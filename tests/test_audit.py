@@ -177,7 +177,7 @@ def test_dead_letters_and_sentinel_warned(backend: Backend) -> None:
 
 
 def test_pool_without_sql_rows_checked(backend: Backend) -> None:
-    """A pool that only Redis knows (its group has no rows in SQL) is still audited."""
+    """A pool that exists only in Redis (its group has no rows in SQL) is still audited."""
     filled(backend)
     stray = backend.store.keys("titles", 9)
     backend.redis_client.lpush(stray.pool, encode_item(999_999, "no such row"))

@@ -320,7 +320,7 @@ def test_locks_flush_keeps_new_owner(backend: Backend) -> None:
     assert backend.redis_client.get(keys.lock) == b"live-filler"
 
 
-def test_locks_flush_says_what_it_removed(filled: dict[str, str], tmp_path: Path, key_prefix: str,
+def test_locks_flush_reports_removed(filled: dict[str, str], tmp_path: Path, key_prefix: str,
                                           client: redis.Redis) -> None:
     lock = f"{key_prefix}titles:pool:2:filling"
     client.set(lock, "deadhost:77:abc", px=60_000)

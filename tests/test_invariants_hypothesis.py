@@ -8,7 +8,7 @@ have been handed out exactly once.
 
 Two combinations are left out on purpose, because poolctl documents them as
 unrecoverable: Redis losing its data while acks of a consumer that already
-died are still in it (nobody remembers those pops), and Redis losing its data
+died are still in it (no process remembers those pops), and Redis losing its data
 while an outside consumer's status update is still on its way (in production
 that update lands within milliseconds, long before Redis is back).
 """
@@ -68,7 +68,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.consumer = self._new_consumer()
         self.delivered: Counter[int] = Counter()
         self.go_in_flight: list[int] = []  # RPOPed by the outside consumer, status = 0 not yet set
-        self.orphaned_acks: set[int] = set()  # acked ids of consumers that died; nobody remembers these pops
+        self.orphaned_acks: set[int] = set()  # acked ids of consumers that died; no process remembers these pops
         # No waiting: nothing runs concurrently here, and the rules apply the
         # outside consumer's late updates themselves where a wait would.
         self.saved_waits = (audit_module.AUDIT_RECHECK_S, reconcile_module.AMBIGUOUS_SETTLE_S)
@@ -85,7 +85,7 @@ class PoolMachine(RuleBasedStateMachine):
     # -- helpers ------------------------------------------------------------
 
     def _new_consumer(self) -> PoolConsumer:
-        # Flushes only when the rules say so.
+        # Flushes only when a rule calls for it.
         quiet = make_settings(self.settings, acks={"batch": 100_000, "interval_s": 3600.0})
         return PoolConsumer(quiet, store=self.store, db=self.db)
 
@@ -221,7 +221,7 @@ class PoolMachine(RuleBasedStateMachine):
     def redis_loses_data(self) -> None:
         while self.go_in_flight:
             self.go_marks_consumed()
-        # The live consumer sees Redis fail before it comes back empty.
+        # The live consumer gets an error from Redis before Redis comes back empty.
         real_pop = self.store.pop
 
         def unreachable(*args: Any, **kwargs: Any) -> Any:

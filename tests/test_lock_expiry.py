@@ -1,4 +1,4 @@
-"""Fill locks that expire by their TTL mid-fill: nothing is corrupted, the fill says so, reconcile cleans up."""
+"""Fill locks that expire by their TTL mid-fill: nothing is corrupted, the fill logs it, reconcile cleans up."""
 
 from __future__ import annotations
 

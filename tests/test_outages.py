@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -139,7 +140,7 @@ def test_redis_restart_daemon_recovers(mariadb_database: str, key_prefix: str, t
     (tmp_path / "drain.txt").write_text("".join(f"{item}\n" for item in drained))
     ledger = Ledger(len(GROUPS) * 3000, read_deliveries([*outputs, tmp_path / "drain.txt"]), status_of(db, "titles"),
                     settings.status.consumed)
-    restored = sum(int(line.split(", ")[-1].split()[0]) for line in log_text.splitlines() if "had no sentinel" in line)
+    restored = sum(int(count) for count in re.findall(r"reconciled before filling, (\d+) missing items restored", log_text))
     print(f"\nredis restarts: {len(outages)}, items restored after data loss {restored}; {ledger.summary()}")
     assert ledger.unknown == []
     assert ledger.duplicates == [], f"{len(ledger.duplicates)} items delivered twice: {ledger.duplicates[:20]}"
@@ -365,7 +366,32 @@ def test_watch_logs_outage_once_each_way(sqlite_fake, caplog: pytest.LogCaptureF
     finally:
         watch_module.BACKOFF_START_S = saved
     warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
-    assert [message.split(",")[0].split(";")[0] for message in warnings] == [
-        "Redis is unavailable", f"Redis is back after {warnings[1].split('after ')[1].split('s;')[0]}s",
-    ]
+    assert len(warnings) == 2, warnings
+    assert warnings[0] == ("Redis is unavailable, fill passes paused and retried with backoff: "
+                           "Redis at redis://test is unreachable: connection refused")
+    assert re.fullmatch(r"Redis is back after \d+\.\ds; fill passes resumed", warnings[1]), warnings[1]
     assert watcher.passes >= 7
+
+
+def test_commit_lost_not_retried(mariadb_redis, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """A connection that breaks during COMMIT leaves the outcome unknown: no retry, and the row is named."""
+    from poolctl.errors import DatabaseUnavailable
+
+    db = mariadb_redis.db
+    load_rows(db, "titles", [(1, 1, "only row")])
+    conn = db.connection()
+    real_commit = conn.commit
+
+    def commit_lost() -> None:
+        conn.commit = real_commit  # once
+        real_commit()
+        raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+
+    conn.commit = commit_lost
+    with caplog.at_level(logging.ERROR, logger="poolctl.sql.mysql"), pytest.raises(DatabaseUnavailable):
+        db.claim_for_consumer("titles", 1)
+    row_id = next(iter(status_of(db, "titles")))
+    assert (f"pool titles group 1: the connection broke during the COMMIT of a fallback pop; row {row_id} may now "
+            "be consumed without having been handed out") in caplog.text
+    assert status_of(db, "titles") == {row_id: mariadb_redis.settings.status.consumed}
+    assert db.claim_for_consumer("titles", 1) is None  # no retry took a second row or reported this one

@@ -202,7 +202,7 @@ class Database(ABC):
     skip_locked_clause: str = ""
 
     def _retrying(self, operation: Callable[[], T]) -> T:
-        """Run a transaction, retrying it where the backend knows that a retry is safe."""
+        """Run a transaction or query once; a backend that can retry one safely overrides this."""
         return operation()
 
     # -- shared operations --------------------------------------------------
@@ -255,7 +255,7 @@ class Database(ABC):
         """Return the status of each row that exists and that no other transaction holds locked.
 
         A fill that recorded ids in a claiming set holds their rows locked until
-        it commits or rolls back, so a row missing from the answer may still be
+        it commits or rolls back, so a row missing from the result may still be
         on its way to queued. On SQLite no other writer can be in a transaction
         at the same time, and every existing row is returned.
         """

@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 
 class ConnectionLost(DatabaseUnavailable):
-    """The connection broke during a statement; at_commit says whether it broke during COMMIT."""
+    """The connection broke during a statement; at_commit is True when it broke during COMMIT."""
 
     def __init__(self, message: str, hint: str, at_commit: bool) -> None:
         super().__init__(message, hint)
@@ -174,11 +174,11 @@ class MysqlDatabase(Database):
     def _retrying(self, operation: Callable[[], T]) -> T:
         """Run a transaction or query, retrying it after a deadlock, a lock wait timeout or a lost connection.
 
-        A connection lost before COMMIT was sent leaves nothing behind (the
-        server rolls the transaction back), so the operation runs once more on
-        a new connection: this is how a connection closed by wait_timeout, KILL
-        CONNECTION or a server restart is replaced. A connection lost during
-        COMMIT leaves the outcome unknown, so that error goes to the caller.
+        A connection lost before COMMIT was sent leaves nothing behind, because
+        the server rolls the transaction back. So the operation runs once more
+        on a new connection, which replaces a connection closed by wait_timeout,
+        KILL CONNECTION or a server restart. A connection lost during COMMIT
+        leaves the outcome unknown, so that error goes to the caller.
         """
         lost: ConnectionLost | None = None
         for attempt in range(1, CLAIM_ATTEMPTS + 1):
@@ -245,6 +245,8 @@ class MysqlDatabase(Database):
         table = self.table(pool_type)
         select = table.select_available("LIMIT 1 " + self.lock_clause)
 
+        taking: list[int] = []
+
         def attempt() -> Row | None:
             found = None
             with self._transaction(pool_type) as cursor:
@@ -252,10 +254,23 @@ class MysqlDatabase(Database):
                 found = cursor.fetchone()
                 if found is None:
                     raise Rollback
+                taking[:] = [found[0]]
                 cursor.execute(table.update_status(1), (self.status.consumed, found[0]))
             return Row(found[0], found[1]) if found else None
 
-        return self._retrying(attempt)
+        try:
+            return self._retrying(attempt)
+        except ConnectionLost as exc:
+            if exc.at_commit and taking:
+                # NOTE: the row may be consumed without having been handed to
+                # anyone. Handing it out on a guess could hand it out twice, and
+                # no column tells this transaction's commit apart from a later one.
+                log.error(
+                    "pool %s group %d: the connection broke during the COMMIT of a fallback pop; row %d may now be "
+                    "consumed without having been handed out. Check its status before making it available again",
+                    pool_type, group, taking[0],
+                )
+            raise
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         def attempt() -> int:

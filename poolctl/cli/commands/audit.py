@@ -1,4 +1,4 @@
-"""`poolctl audit`: check that Redis and SQL agree; the exit code says whether every invariant holds."""
+"""`poolctl audit`: check that Redis and SQL agree; exit code 0 means that every invariant holds."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def audit(
     """Check, read-only, that Redis and SQL agree: exit 0 when every invariant holds, 1 when one is broken.
 
     Errors: an id held twice, a pooled id not queued in SQL, a pool above
-    its size, malformed entries, queued items in no pool and no acks list,
-    invalid or stuck acks, a fill lock without TTL, a key of the wrong type.
+    its size, or malformed entries. Also queued items in no pool and no acks
+    list, invalid or stuck acks, a fill lock without TTL, a key of the wrong
+    type.
     Warnings (exit 0): dead letters, a missing sentinel, acks already
     consumed, a text column that cannot store 4-byte characters.
     """

@@ -1,4 +1,4 @@
-"""`poolctl reconcile`: find queued items that Redis no longer holds, and restore them with --apply."""
+"""`poolctl reconcile`: find queued items that Redis no longer contains, and restore them with --apply."""
 
 from __future__ import annotations
 
