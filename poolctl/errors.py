@@ -69,13 +69,13 @@ class ServiceUnavailable(PoolctlError):
 
 
 class RedisUnavailable(ServiceUnavailable):
-    """Redis cannot be reached or stopped answering."""
+    """Redis cannot be reached or stopped responding."""
 
     code = "redis_unavailable"
 
 
 class DatabaseUnavailable(ServiceUnavailable):
-    """The SQL database cannot be reached or stopped answering."""
+    """The SQL database cannot be reached or stopped responding."""
 
     code = "database_unavailable"
 
@@ -88,7 +88,7 @@ class PoolEmpty(PoolctlError):
 
 
 class WrongKeyType(PoolctlError):
-    """A Redis key that poolctl owns holds a value of another type than it expects."""
+    """A Redis key that poolctl owns contains a value of another type than it expects."""
 
     code = "wrong_key_type"
 

@@ -19,9 +19,9 @@ end
 """
 
 # KEYS: lock, pool. ARGV: token, ttl_ms. Takes the lock if it is free and
-# returns the pool's length, read under the lock (a length read before it may
-# be stale: another filler can fill the pool and release in between); returns
-# -1 when another owner holds the lock.
+# returns the pool's length read under the lock, or -1 when another owner has
+# the lock. A length read before taking the lock may be stale, because another
+# filler can fill the pool and release the lock in between.
 ACQUIRE_LOCK = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('LLEN', KEYS[2])
@@ -63,7 +63,7 @@ return 1
 
 # KEYS: pool, lock, claiming. ARGV: token, ttl_ms, size, n, id1..idn, item1..itemn
 # Pushes the items in fill order (LPUSH, so RPOP returns the first one first),
-# forgets their claim record and extends the lock. Returns the new pool length,
+# removes their ids from the claiming set and extends the lock. Returns the new pool length,
 # -1 when the lock is not the caller's, or -2 when the items would take the pool
 # past its size. On -1 and -2 nothing is written.
 PUSH = (
@@ -121,8 +121,9 @@ return {items, acks, bad, redis.call('LLEN', KEYS[1])}
 
 # KEYS: acks. ARGV: the ids an ack flush read from the tail, in LRANGE order.
 # Removes exactly those ids after SQL has them as consumed. When another
-# flusher got there first the tail differs, and ids are removed one by one
-# (each id is in acks at most once, so LREM cannot hit a newer ack).
+# flusher got there first the tail differs, and ids are removed one by one.
+# LREM cannot remove a newer ack, because an id is pushed to acks only by the
+# pop that took its item, and a fill never queues an item twice.
 TRIM_ACKS = """
 local n = #ARGV
 local tail = redis.call('LRANGE', KEYS[1], -n, -1)

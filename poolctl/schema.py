@@ -21,7 +21,7 @@ Progress = Callable[[str, int], None]  # (pool type, rows inserted so far)
 
 @dataclass(slots=True)
 class TableInit:
-    """What `db init` did for one pool type."""
+    """The outcome of `db init` for one pool type."""
 
     pool_type: str
     table: str

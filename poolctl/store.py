@@ -43,7 +43,7 @@ class PoolLengths:
 
 @dataclass(frozen=True, slots=True)
 class PopResult:
-    """What one pop step returned: raw JSON items and the lengths after it."""
+    """The result of one pop step: raw JSON items and the lengths after it."""
 
     raw: list[bytes]
     acks: int

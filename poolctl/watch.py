@@ -1,9 +1,9 @@
 """The fill daemon: repeated fill passes that keep up with consumption and survive outages.
 
 Between passes the loop sleeps `fill.interval_s`, or less when a pool drains
-fast enough to reach its threshold sooner: it estimates each pool's drain rate
+fast enough to reach its threshold sooner. It estimates each pool's drain rate
 from the lengths of consecutive passes and wakes at half the projected time to
-threshold, never more often than every `fill.min_interval_s`.
+threshold, but never more often than every `fill.min_interval_s`.
 """
 
 from __future__ import annotations
@@ -110,7 +110,11 @@ class Watcher:
         return max(floor, min(wait, interval))
 
     def _service_down(self, exc: ServiceUnavailable) -> None:
-        name = "Redis" if isinstance(exc, RedisUnavailable) else "SQL" if isinstance(exc, DatabaseUnavailable) else "a service"
+        name = "a service"
+        if isinstance(exc, RedisUnavailable):
+            name = "Redis"
+        elif isinstance(exc, DatabaseUnavailable):
+            name = "SQL"
         if name not in self._down:
             self._down[name] = exc.message
             log.warning("%s is unavailable, retrying with backoff: %s", name, exc.message)

@@ -41,7 +41,7 @@ app = typer.Typer(
 
 @dataclass
 class Runtime:
-    """What a command needs: settings and connections, opened on first use, and its output."""
+    """The context of one command: settings and connections (opened on first use) and its output."""
 
     config: Path | None = None
     redis_url: str | None = None

@@ -1,4 +1,4 @@
-"""How the command line writes: data on stdout, logs and errors on stderr.
+"""Output of the command line: data on stdout, logs and errors on stderr.
 
 On a terminal, tables are Rich tables; when piped, they are plain columns with
 no colour or box drawing. With --json, stdout carries exactly one JSON
@@ -80,7 +80,11 @@ def error_line(message: str) -> None:
 
 def setup_logging(verbose: int, quiet: bool) -> None:
     """Send poolctl's logs to stderr: INFO by default, DEBUG with -v, WARNING with -q."""
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    level = logging.INFO
+    if quiet:
+        level = logging.WARNING
+    elif verbose:
+        level = logging.DEBUG
     root = logging.getLogger("poolctl")
     root.setLevel(level)
     root.handlers.clear()

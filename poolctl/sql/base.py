@@ -40,7 +40,7 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class QueryPlan:
-    """What the database plans for the fill query."""
+    """The database's plan for the fill query."""
 
     uses_index: bool
     filesort: bool

@@ -1,9 +1,9 @@
 """MariaDB and MySQL backend, through PyMySQL.
 
 The connection runs in autocommit mode with READ COMMITTED isolation, and every
-state change is an explicit transaction: a long-lived daemon connection must
-see other sessions' commits between passes, which a REPEATABLE READ snapshot
-held open by an implicit transaction would hide.
+state change is an explicit transaction. A long-lived daemon connection must
+see other sessions' commits between passes, and a REPEATABLE READ snapshot held
+open by an implicit transaction would hide them.
 
 Claims select with FOR UPDATE SKIP LOCKED where the server has it (MariaDB
 10.6+, MySQL 8.0.1+): concurrent fillers and fallback consumers skip each

@@ -2,8 +2,8 @@
 
 SQLite has one writer at a time. A claim starts with BEGIN IMMEDIATE, which
 takes the write lock before the SELECT, so two processes can never select the
-same available rows: the second waits (up to the busy timeout) and then sees
-them queued.
+same available rows. The second waits (up to the busy timeout) and then reads
+them as queued.
 """
 
 from __future__ import annotations
