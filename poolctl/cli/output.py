@@ -132,9 +132,11 @@ def setup_logging(verbosity: int, log_format: str = "text") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonLogFormatter())
     elif sys.stderr.isatty():
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, log_time_format="%H:%M:%S")
+        # RichHandler's own console writes to stdout, which carries data only.
+        handler = RichHandler(console=Console(stderr=True), show_path=False, log_time_format="%H:%M:%S")
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
