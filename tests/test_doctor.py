@@ -8,7 +8,6 @@ persistence) are tested on a throwaway redis-server started on a free port of
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,14 +20,8 @@ from poolctl.config import Settings, load_settings
 from poolctl.doctor import Check, doctor, mysql_version_checks, redis_version_check
 from poolctl.sql import connect_database
 
-from conftest import REDIS_URL, Backend, make_settings, sqlite_settings
+from conftest import REDIS_URL, Backend, free_port, make_settings, sqlite_settings
 from test_cli import run
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
