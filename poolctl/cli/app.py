@@ -71,6 +71,13 @@ class Runtime:
             if self.database_url is not None:
                 overrides.setdefault("database", {})["url"] = self.database_url
             self._settings = load_settings(self.config, **overrides)
+            from poolctl.config import config_path, mask_url
+
+            log.debug(
+                "settings from %s: redis %s, database %s, pool types %s",
+                config_path(self.config) or "environment and defaults", mask_url(self._settings.redis.url),
+                mask_url(self._settings.database.url), ", ".join(self._settings.pools),
+            )
         return self._settings
 
     @property
