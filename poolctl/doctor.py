@@ -1,4 +1,4 @@
-"""Doctor: check a deployment before it goes live and say what to fix, one finding per check.
+"""Doctor: check a deployment before it goes live and name what to fix, one finding per check.
 
 Each check has a status: ok, warn (works, but risky), fail (will not work or
 can lose or repeat items) or skip (a check it depends on failed). The checks:
@@ -73,7 +73,12 @@ def doctor(load: Callable[[], Settings], store: Callable[[Settings], RedisStore]
                              Check("redis", "skip", "not checked: the configuration is invalid"),
                              Check("sql", "skip", "not checked: the configuration is invalid")])
     checks = list(config_checks(settings))
-    checks.extend(redis_checks(settings, (store or RedisStore.from_settings)(settings)))
+    try:
+        redis_store = (store or RedisStore.from_settings)(settings)
+    except PoolctlError as exc:  # an invalid Redis URL fails before any connection
+        checks.append(Check("redis", "fail", exc.message, exc.hint))
+    else:
+        checks.extend(redis_checks(settings, redis_store))
     checks.extend(sql_checks(settings))
     return DoctorReport(checks)
 

@@ -78,7 +78,7 @@ class RejectedLine:
 
 @dataclass(slots=True)
 class ImportResult:
-    """What an import loaded, and which lines it skipped."""
+    """Counts of one import: rows loaded and blank lines, and the lines rejected."""
 
     pool_type: str
     group: int
@@ -298,8 +298,8 @@ class _Reader:
             return
         index = next((header.index(field) for field in self.fields if field in header), None)
         if index is None:
-            wanted = " or ".join(repr(field) for field in dict.fromkeys(self.fields))
-            raise ConfigError(f"{name}: the CSV header has no column {wanted}: {header}",
+            expected = " or ".join(repr(field) for field in dict.fromkeys(self.fields))
+            raise ConfigError(f"{name}: the CSV header has no column {expected}: {header}",
                               "Name the text column with --column")
         previous_end = reader.line_num
         for row in reader:

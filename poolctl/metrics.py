@@ -107,7 +107,11 @@ class FillMetrics:
                 self.lock_lost.labels(*labels).inc()
 
     def pass_failed(self, error: PoolctlError) -> None:
-        service = "redis" if isinstance(error, RedisUnavailable) else "sql" if isinstance(error, DatabaseUnavailable) else "other"
+        service = "other"
+        if isinstance(error, RedisUnavailable):
+            service = "redis"
+        elif isinstance(error, DatabaseUnavailable):
+            service = "sql"
         self.errors.labels(service).inc()
 
 

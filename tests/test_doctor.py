@@ -167,7 +167,8 @@ def test_doctor_missing_table(tmp_path: Path, key_prefix: str) -> None:
     report = doctor(lambda: settings)
     check = only(report.checks, "table titles")
     assert check.status == "fail"
-    assert "titles" in check.message and "db init" in check.hint
+    assert "titles" in check.message
+    assert "db init" in check.hint
     assert checks_named(report.checks, "fill index titles") == []
     assert only(report.checks, "table contents").status == "ok"
 
@@ -205,9 +206,11 @@ def test_doctor_mariadb_filesort_and_utf8mb3(mariadb_redis: Backend) -> None:
     assert only(report.checks, "sql").status == "ok"
     assert only(report.checks, "sql features").status == "ok"
     index = only(report.checks, "fill index titles")
-    assert index.status == "fail" and "filesort" in index.message, index
+    assert index.status == "fail", index
+    assert "filesort" in index.message, index
     charset = only(report.checks, "charset titles")
-    assert charset.status == "fail" and "utf8mb3" in charset.message, charset
+    assert charset.status == "fail", charset
+    assert "utf8mb3" in charset.message, charset
     assert "CONVERT TO CHARACTER SET utf8mb4" in charset.hint
     assert only(report.checks, "charset contents").status == "ok"
     assert only(report.checks, "fill index contents").status == "ok"
@@ -252,7 +255,8 @@ def test_doctor_cli_exit_code_and_json(tmp_path: Path, key_prefix: str) -> None:
     assert missing.returncode == 1, missing.stderr
     report = json.loads(missing.stdout)
     assert set(report) == {"ok", "failed", "warnings", "checks"}
-    assert report["ok"] is False and report["failed"] == 1
+    assert report["ok"] is False
+    assert report["failed"] == 1
     assert all(set(check) == {"name", "status", "message", "hint"} for check in report["checks"])
     assert run(["db", "init", "-q"], env, tmp_path).returncode == 0
     healthy = run(["doctor"], env, tmp_path)

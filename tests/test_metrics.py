@@ -36,13 +36,13 @@ def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return samples
 
 
-def wait_until(condition, what: str, limit_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def wait_until(condition, description: str, limit_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.1)
-    pytest.fail(f"gave up waiting: {what}")
+    pytest.fail(f"gave up waiting: {description}")
 
 
 @pytest.mark.slow

@@ -82,21 +82,6 @@ def _cells(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
     return [["" if value is None else str(value) for value in row] for row in rows]
 
 
-def truncate_cells(text: str, max_width: int) -> str:
-    """Cut text to at most max_width terminal columns, ending in an ellipsis when cut; never splits a character."""
-    if cell_width(text) <= max_width:
-        return text
-    kept = []
-    width = 0
-    for char in text:
-        char_width = cell_width(char)
-        if width + char_width > max_width - 1:
-            break
-        kept.append(char)
-        width += char_width
-    return "".join(kept) + "…"
-
-
 # Columns right-aligned in Rich tables.
 NUMERIC_HINTS = {
     "length", "size", "threshold", "fill %", "acks", "dead", "available", "queued", "consumed",
@@ -160,7 +145,7 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def use_utf8_stdout() -> None:
-    """Write stdout as UTF-8 whatever the locale says, because the data contract (text and JSON) is UTF-8."""
+    """Write stdout as UTF-8 whatever the locale is, because the data contract (text and JSON) is UTF-8."""
     encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
     if encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")

@@ -50,7 +50,7 @@ class QueryPlan:
 
 @dataclass(frozen=True, slots=True)
 class TextColumn:
-    """What a table's text column can contain: its character set and its maximum length (None: no limit)."""
+    """Character set and maximum length of a table's text column; None means no limit."""
 
     charset: str | None = None
     max_chars: int | None = None

@@ -81,7 +81,7 @@ def _version_tuple(version: str) -> tuple[int, int, int]:
 
 @dataclass(frozen=True, slots=True)
 class ServerFeatures:
-    """What a MariaDB or MySQL server version supports that poolctl relies on."""
+    """Features of a MariaDB or MySQL server version that poolctl relies on."""
 
     is_mariadb: bool
     skip_locked: bool  # FOR UPDATE SKIP LOCKED: MariaDB 10.6+, MySQL 8.0.1+

@@ -1,4 +1,4 @@
-"""`poolctl doctor`: check a deployment and say what to fix, one line per check."""
+"""`poolctl doctor`: check a deployment and name what to fix, one line per check."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ STATUS_LABELS = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 
 @command(app, "doctor")
 def doctor(rt: Runtime) -> None:
-    """Check the configuration, Redis, the SQL server and every pool type's table, and say what to fix.
+    """Check the configuration, Redis, the SQL server and every pool type's table, and name what to fix.
 
     Checks: both servers reachable and their versions (RPOP with count, SKIP
     LOCKED, descending indexes), Redis maxmemory-policy and persistence,

@@ -97,8 +97,12 @@ def table_rows(rows: Sequence[PoolStats]) -> tuple[list[list[object]], list[str 
             _dash(row.available), _dash(row.queued), _dash(row.consumed), f"{row.pop_rate:.1f}", f"{row.fill_rate:.1f}",
             format_duration(row.empty_in_s), ",".join(row.attention) or "-",
         ])
-        severe = any(reason in SEVERE_REASONS for reason in row.attention)
-        styles.append("bold red" if severe else "yellow" if row.attention else None)
+        style = None
+        if any(reason in SEVERE_REASONS for reason in row.attention):
+            style = "bold red"
+        elif row.attention:
+            style = "yellow"
+        styles.append(style)
     return cells, styles
 
 
@@ -127,7 +131,7 @@ def _watch_stream(rt: Runtime, pool: Sequence[str] | None, group: int | None, in
         try:
             snapshot = _snapshot(rt, pool, group)
         except ServiceUnavailable as exc:
-            # Keep watching through an outage; each failed snapshot says why.
+            # Keep watching through an outage; each failed snapshot reports why.
             error_line(str(exc))
             if rt.json_mode:
                 rt.out.json(error_envelope(exc.code, exc.message, exc.hint))
