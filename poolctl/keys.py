@@ -8,6 +8,15 @@ in other languages, so their default spelling is fixed:
     {type}:pool:{group}:acks       LIST of ids popped by poolctl consumers, not yet consumed in SQL
     {type}:pool:{group}:claiming   SET of ids a fill committed as queued but has not pushed yet
     {type}:pool:{group}:dead       LIST of malformed items taken out of the pool
+    {type}:pool:{group}:popped:{bucket}  STRING items popped by poolctl consumers in one time bucket, with a TTL
+    {type}:pool:{group}:filled:{bucket}  STRING items pushed by fills in one time bucket, with a TTL
+
+The two counters are what `poolctl stats` and the metrics compute rates from:
+`{bucket}` is the Unix time divided by RATE_BUCKET_S, rounded down, taken from
+the clock of the process that pops or fills. Hosts are assumed to keep their
+clocks in sync (NTP). A host whose clock is off by more than a bucket counts
+its items in a neighbouring bucket. That shifts them within the rate window,
+and loses them only when the offset approaches the window itself.
 
 A key prefix is put in front of every name. With hash tags on, the pool part is
 wrapped in braces (`{titles:pool:3}:acks`) so that all keys of one pool land in
@@ -26,6 +35,15 @@ LOCK_SUFFIX = ":filling"
 ACKS_SUFFIX = ":acks"
 CLAIMING_SUFFIX = ":claiming"
 DEAD_SUFFIX = ":dead"
+POPPED_INFIX = ":popped:"
+FILLED_INFIX = ":filled:"
+
+# Rate counters: one key per pool and bucket, kept until it has left the rate
+# window. The extra two buckets of TTL cover a bucket created late in its
+# span and small clock differences between hosts.
+RATE_BUCKET_S = 5
+RATE_WINDOW_S = 60
+RATE_COUNTER_TTL_S = RATE_WINDOW_S + 2 * RATE_BUCKET_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +57,14 @@ class PoolKeys:
     acks: str
     claiming: str
     dead: str
+
+    def popped(self, bucket: int) -> str:
+        """Return the key counting items popped from this pool in one rate bucket."""
+        return f"{self.pool}{POPPED_INFIX}{bucket}"
+
+    def filled(self, bucket: int) -> str:
+        """Return the key counting items pushed into this pool in one rate bucket."""
+        return f"{self.pool}{FILLED_INFIX}{bucket}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +106,17 @@ class KeyScheme:
         if not sep or not pool_type or not group.lstrip("-").isdigit():
             return None
         return pool_type, int(group)
+
+
+def rate_bucket(unix_time_s: float) -> int:
+    """Return the rate bucket that a Unix time falls in."""
+    return int(unix_time_s // RATE_BUCKET_S)
+
+
+def rate_window(unix_time_s: float) -> range:
+    """Return the buckets of the rate window that ends at a Unix time, the current (partial) bucket last."""
+    current = rate_bucket(unix_time_s)
+    return range(current - RATE_WINDOW_S // RATE_BUCKET_S + 1, current + 1)
 
 
 def new_owner_token() -> str:

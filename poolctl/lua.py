@@ -61,13 +61,26 @@ return 1
 """
 )
 
-# KEYS: pool, lock, claiming. ARGV: token, ttl_ms, size, n, id1..idn, item1..itemn
+# Counts n items in a rate counter. INCRBY returns n only on the key's first
+# increment, so the TTL is set once per key and a busy pool pays one command.
+_COUNT = """
+local function count(key, n, ttl_s)
+  if redis.call('INCRBY', key, n) == n then
+    redis.call('EXPIRE', key, ttl_s)
+  end
+end
+"""
+
+# KEYS: pool, lock, claiming, filled counter.
+# ARGV: token, ttl_ms, size, n, counter_ttl_s, id1..idn, item1..itemn
 # Pushes the items in fill order (LPUSH, so RPOP returns the first one first),
-# removes their ids from the claiming set and extends the lock. Returns the new pool length,
-# -1 when the lock is not the caller's, or -2 when the items would take the pool
-# past its size. On -1 and -2 nothing is written.
+# removes their ids from the claiming set, counts them in the filled counter and
+# extends the lock. Returns the new pool length, -1 when the lock is not the
+# caller's, or -2 when the items would take the pool past its size. On -1 and
+# -2 nothing is written.
 PUSH = (
     _CHUNKED
+    + _COUNT
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return -1
@@ -77,19 +90,23 @@ local length = redis.call('LLEN', KEYS[1])
 if length + n > tonumber(ARGV[3]) then
   return -2
 end
-chunked('LPUSH', KEYS[1], 5 + n, 4 + 2 * n)
-chunked('SREM', KEYS[3], 5, 4 + n)
+chunked('LPUSH', KEYS[1], 6 + n, 5 + 2 * n)
+chunked('SREM', KEYS[3], 6, 5 + n)
+count(KEYS[4], n, ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return length + n
 """
 )
 
-# KEYS: pool, acks, dead. ARGV: count
+# KEYS: pool, acks, dead, popped counter. ARGV: count, counter_ttl_s
 # Pops up to count items and records each one's id in acks in the same step,
-# so an item a poolctl consumer takes is never without its ack. Entries that
-# are not {"id": <integer>, "text": <string>} go to the dead-letter list
-# instead of to the caller. Returns {items, acks length, dead-lettered, pool length}.
-POP = """
+# so an item a poolctl consumer takes is never without its ack, and counts the
+# items in the popped counter. Entries that are not {"id": <integer>, "text":
+# <string>} go to the dead-letter list instead of to the caller.
+# Returns {items, acks length, dead-lettered, pool length}.
+POP = (
+    _COUNT
+    + """
 local want = tonumber(ARGV[1])
 local items, ids, bad = {}, {}, 0
 while #items < want do
@@ -113,11 +130,13 @@ end
 local acks
 if #ids > 0 then
   acks = redis.call('LPUSH', KEYS[2], unpack(ids))
+  count(KEYS[4], #ids, ARGV[2])
 else
   acks = redis.call('LLEN', KEYS[2])
 end
 return {items, acks, bad, redis.call('LLEN', KEYS[1])}
 """
+)
 
 # KEYS: acks. ARGV: the ids an ack flush read from the tail, in LRANGE order.
 # Removes exactly those ids after SQL has them as consumed. When another

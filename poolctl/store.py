@@ -7,6 +7,7 @@ scripts (poolctl.lua) so that they are atomic.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from redis.retry import Retry
 from poolctl import lua
 from poolctl.config import Settings, mask_url
 from poolctl.errors import LockLost, PoolctlError, RedisUnavailable, WrongKeyType
-from poolctl.keys import KeyScheme, PoolKeys
+from poolctl.keys import RATE_COUNTER_TTL_S, KeyScheme, PoolKeys, rate_bucket
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,9 @@ class RedisStore:
     def push(self, keys: PoolKeys, token: str, ttl_s: float, size: int, ids: Sequence[int], items: Sequence[str]) -> int:
         """Push encoded items if the caller owns the lock and the pool has room; return the new length."""
         with self.errors(keys):
-            result = int(self._push(keys=[keys.pool, keys.lock, keys.claiming], args=[token, _ms(ttl_s), size, len(ids), *ids, *items]))
+            filled = keys.filled(rate_bucket(time.time()))
+            args = [token, _ms(ttl_s), size, len(ids), RATE_COUNTER_TTL_S, *ids, *items]
+            result = int(self._push(keys=[keys.pool, keys.lock, keys.claiming, filled], args=args))
         if result == -1:
             raise LockLost(f"fill lock {keys.lock} was lost before the push", "Raise fill.lock_ttl_s if fills are slow")
         if result == -2:
@@ -216,9 +219,10 @@ class RedisStore:
     # -- consume -----------------------------------------------------------
 
     def pop(self, keys: PoolKeys, count: int) -> PopResult:
-        """Pop up to count items and record their ids in acks, atomically."""
+        """Pop up to count items, record their ids in acks and count them for the pop rate, atomically."""
+        popped = keys.popped(rate_bucket(time.time()))
         with self.errors(keys):
-            raw, acks, dead, remaining = self._pop(keys=[keys.pool, keys.acks, keys.dead], args=[count])
+            raw, acks, dead, remaining = self._pop(keys=[keys.pool, keys.acks, keys.dead, popped], args=[count, RATE_COUNTER_TTL_S])
         return PopResult(list(raw), int(acks), int(dead), int(remaining))
 
     def read_acks(self, keys: PoolKeys, limit: int) -> list[bytes]:

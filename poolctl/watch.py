@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from poolctl.acks import flush_acks
 from poolctl.config import Settings
-from poolctl.errors import DatabaseUnavailable, RedisUnavailable, ServiceUnavailable
+from poolctl.errors import DatabaseUnavailable, PoolctlError, RedisUnavailable, ServiceUnavailable
 from poolctl.fill import Filler, PassResult
 from poolctl.keys import PoolKeys
 from poolctl.sql import Database
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+
+
+class WatchEvents(Protocol):
+    """Receives what the watch loop does, such as the metrics endpoint's counters."""
+
+    def pass_done(self, result: PassResult) -> None: ...
+
+    def pass_failed(self, error: PoolctlError) -> None: ...
 
 
 @dataclass(slots=True)
@@ -45,9 +54,11 @@ class Watcher:
         pool_types: Sequence[str] | None = None,
         group: int | None = None,
         stop: threading.Event | None = None,
+        events: WatchEvents | None = None,
     ) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
+        self.events = events
         self.filler = Filler(settings, store, db, stop=self.stop)
         self.pool_types = list(pool_types) if pool_types else None
         self.group = group
@@ -66,10 +77,14 @@ class Watcher:
                 result = self.run_once()
             except ServiceUnavailable as exc:
                 self._service_down(exc)
+                if self.events is not None:
+                    self.events.pass_failed(exc)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             backoff = BACKOFF_START_S
+            if self.events is not None:
+                self.events.pass_done(result)
             self.stop.wait(self.next_wait(result))
         self._final_flush()
         log.info("fill watch stopped after %d passes", self.passes)

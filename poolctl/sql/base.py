@@ -49,6 +49,15 @@ class QueryPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class TextColumn:
+    """Character set and maximum length of a table's text column; None means no limit."""
+
+    charset: str | None = None
+    max_chars: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StateCounts:
     """Rows of one group per item state."""
 
@@ -174,6 +183,10 @@ class Database(ABC):
 
     @abstractmethod
     def server_version(self) -> str: ...
+
+    def text_column(self, pool_type: str) -> TextColumn:
+        """Return the character set and maximum length of the pool type's text column (no limits by default)."""
+        return TextColumn()
 
     # -- shared operations --------------------------------------------------
 

@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -27,7 +28,7 @@ from pymysql.constants import ER
 
 from poolctl.config import PoolTypeSettings, StatusValues, mask_url
 from poolctl.errors import DatabaseUnavailable, DataError, SchemaError
-from poolctl.sql.base import BeforeCommit, Database, QueryPlan, Rollback, Row
+from poolctl.sql.base import BeforeCommit, Database, QueryPlan, Rollback, Row, TextColumn
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,24 @@ def _version_tuple(version: str) -> tuple[int, int, int]:
     return tuple(int(part) for part in numbers.groups()) if numbers else (0, 0, 0)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True, slots=True)
+class ServerFeatures:
+    """Features of a MariaDB or MySQL server version that poolctl relies on."""
+
+    is_mariadb: bool
+    skip_locked: bool  # FOR UPDATE SKIP LOCKED: MariaDB 10.6+, MySQL 8.0.1+
+    descending_indexes: bool  # DESC in an index honoured: MariaDB 10.8+, MySQL 8.0+
+
+
+def server_features(version: str) -> ServerFeatures:
+    """Return the features of a server from its VERSION() string, such as 10.11.6-MariaDB-0+deb12u1."""
+    is_mariadb = "mariadb" in version.lower()
+    number = _version_tuple(version)
+    if is_mariadb:
+        return ServerFeatures(True, number >= (10, 6, 0), number >= (10, 8, 0))
+    return ServerFeatures(False, number >= (8, 0, 1), number >= (8, 0, 0))
+
+
 class MysqlDatabase(Database):
     dialect = "mysql"
     placeholder = "%s"
@@ -90,10 +109,10 @@ class MysqlDatabase(Database):
         self._conn: pymysql.connections.Connection | None = None
         self.connection()
         self.version = self.query("SELECT VERSION()")[0][0]
-        self.is_mariadb = "mariadb" in self.version.lower()
-        number = _version_tuple(self.version)
-        self.skip_locked = number >= (10, 6, 0) if self.is_mariadb else number >= (8, 0, 1)
-        self.descending_indexes = number >= (10, 8, 0) if self.is_mariadb else number >= (8, 0, 0)
+        features = server_features(self.version)
+        self.is_mariadb = features.is_mariadb
+        self.skip_locked = features.skip_locked
+        self.descending_indexes = features.descending_indexes
         self.lock_clause = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
 
     @staticmethod
@@ -241,6 +260,18 @@ class MysqlDatabase(Database):
             [table_name],
         )
         return {name: charset for name, charset in rows}
+
+    def text_column(self, pool_type: str) -> TextColumn:
+        spec = self.table(pool_type).spec
+        rows = self.query(
+            "SELECT CHARACTER_SET_NAME, CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+            [spec.table, spec.text_column],
+        )
+        if not rows:
+            self.check_table(pool_type)  # raises SchemaError naming what is missing
+        charset, max_chars, max_bytes = rows[0]
+        return TextColumn(charset, max_chars, max_bytes)
 
     def check_table(self, pool_type: str) -> None:
         spec = self.table(pool_type).spec
