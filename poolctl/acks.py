@@ -17,8 +17,8 @@ from poolctl.store import RedisStore
 
 log = logging.getLogger(__name__)
 
-# One flush call stops after this many batches, so a flusher facing a constant
-# stream of pops returns to its other work; the rest waits for the next call.
+# One flush call stops after this many batches, so that a flusher facing a
+# constant stream of pops returns to its other work. The rest waits for the next call.
 MAX_BATCHES_PER_FLUSH = 50
 
 

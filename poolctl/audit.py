@@ -39,9 +39,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from poolctl.config import Settings
+from poolctl.doctor import FULL_UNICODE_CHARSETS
 from poolctl.keys import PoolKeys
 from poolctl.sql import Database
-from poolctl.sql.base import BMP_ONLY_CHARSETS
 from poolctl.store import PoolDetails, PoolSnapshot, RedisStore
 
 AUDIT_RECHECK_S = 0.5
@@ -360,8 +360,8 @@ def _check_missing(
 
 
 def _check_charset(db: Database, pool_type: str, settings: Settings) -> list[Finding]:
-    charset = db.text_charset(pool_type)
-    if charset is None or charset.lower() not in BMP_ONLY_CHARSETS:
+    charset = db.text_column(pool_type).charset
+    if charset is None or charset.lower() in FULL_UNICODE_CHARSETS:
         return []
     spec = settings.pools[pool_type]
     return [Finding(

@@ -56,7 +56,7 @@ class _Section(BaseModel):
 
 
 class RedisSettings(_Section):
-    """Where the pools live and how their keys are named."""
+    """Redis connection and key naming."""
 
     url: str = Field("redis://127.0.0.1:6379/0", repr=False)
     key_prefix: str = ""
@@ -73,7 +73,7 @@ class RedisSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    """Where the SQL tables live."""
+    """SQL connection."""
 
     url: str = Field("sqlite:///poolctl.db", repr=False)
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -110,7 +110,7 @@ class FillSettings(_Section):
 
 
 class AckSettings(_Section):
-    """How acks of popped items reach SQL."""
+    """Batching of acks on their way to SQL."""
 
     batch: int = Field(500, gt=0, le=100_000)
     interval_s: float = Field(1.0, gt=0)

@@ -8,8 +8,8 @@
             render(item.text)
 
 A pop takes the item from the pool and records its id in the pool's acks list
-in one atomic Redis step; acks reach SQL in batches (every `acks.batch` pops
-or `acks.interval_s` seconds, and on close). A consumer that dies after a pop
+in one atomic Redis step. Acks reach SQL in batches: every `acks.batch` pops
+or `acks.interval_s` seconds, and on close. A consumer that dies after a pop
 leaves the ack in Redis, where the next flush by any consumer or by
 `poolctl fill --watch` finds it.
 

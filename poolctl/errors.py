@@ -7,6 +7,7 @@ problem and its `hint` names the next step; the CLI prints both on one line.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -17,6 +18,8 @@ class ExitCode(IntEnum):
     USAGE = 2
     POOL_EMPTY = 3
     UNAVAILABLE = 4
+    POOLS_LOW = 5
+    INTERRUPTED = 130
 
 
 class PoolctlError(Exception):
@@ -25,10 +28,11 @@ class PoolctlError(Exception):
     exit_code: ExitCode = ExitCode.FAILED
     code: str = "failed"
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details  # structured data for the JSON error envelope, such as rejected lines
 
     def __str__(self) -> str:
         message = self.message.rstrip(". ")
@@ -69,13 +73,13 @@ class ServiceUnavailable(PoolctlError):
 
 
 class RedisUnavailable(ServiceUnavailable):
-    """Redis cannot be reached or stopped answering."""
+    """Redis cannot be reached or stopped responding."""
 
     code = "redis_unavailable"
 
 
 class DatabaseUnavailable(ServiceUnavailable):
-    """The SQL database cannot be reached or stopped answering."""
+    """The SQL database cannot be reached or stopped responding."""
 
     code = "database_unavailable"
 
@@ -88,7 +92,7 @@ class PoolEmpty(PoolctlError):
 
 
 class WrongKeyType(PoolctlError):
-    """A Redis key that poolctl owns holds a value of another type than it expects."""
+    """A Redis key that poolctl owns contains a value of another type than it expects."""
 
     code = "wrong_key_type"
 

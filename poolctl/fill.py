@@ -55,7 +55,7 @@ class PoolFill:
 
 @dataclass(slots=True)
 class PassResult:
-    """What one fill pass did over all its pools."""
+    """The outcome of one fill pass over all its pools."""
 
     fills: list[PoolFill] = field(default_factory=list)
     lengths: dict[PoolKeys, int] = field(default_factory=dict)  # pool lengths read at the start
@@ -73,7 +73,7 @@ class PassResult:
 
 
 class Filler:
-    """Runs fill passes for the configured pool types with one lock owner token."""
+    """A filler: fill passes over the configured pool types, under one lock owner token."""
 
     def __init__(
         self,
@@ -90,7 +90,7 @@ class Filler:
         self.stop = stop or threading.Event()
 
     def discover(self, pool_types: Iterable[str] | None = None, group: int | None = None) -> list[PoolKeys]:
-        """Return the pools worth a pass: every group with available or queued rows.
+        """Return the pools a pass visits: every group with available or queued rows.
 
         Queued rows mean a pool that may hold items and acks to flush even when
         SQL has nothing left to add.
@@ -206,8 +206,8 @@ class Filler:
             try:
                 length = self.store.push(keys, self.token, ttl_s, spec.size, ids, items)
             except LockLost:
-                # The claimed rows stay queued and recorded in the claiming set;
-                # reconcile makes them available again under the lock.
+                # The claimed rows stay queued and recorded in the claiming set,
+                # where reconcile finds them and makes them available again.
                 fill.outcome = "lock_lost"
                 log.warning(
                     "pool %s group %d: fill lock expired mid-fill, %d claimed items left for reconcile",

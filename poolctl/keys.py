@@ -10,6 +10,8 @@ in other languages, so their default spelling is fixed:
     {type}:pool:{group}:dead       LIST of malformed items taken out of the pool
     {type}:pool:{group}:sentinel   STRING, no TTL: the owner token of the filler that last reconciled the pool
     {type}:pool:{group}:acks_since STRING, ms since the epoch when the pending acks were last flushed
+    {type}:pool:{group}:popped:{bucket}  STRING items popped by poolctl consumers in one time bucket, with a TTL
+    {type}:pool:{group}:filled:{bucket}  STRING items pushed by fills in one time bucket, with a TTL
 
 The sentinel shows a filler whether Redis still contains the pool's state. Redis
 deletes it together with every other key when it restarts without persistence
@@ -17,6 +19,13 @@ or is flushed. A missing sentinel therefore means that the pool, its acks and
 its claiming set may be gone, so every queued item missing from Redis is safe
 to restore. Deleting a sentinel by hand makes the next fill treat the pool that
 way too.
+
+The two counters are what `poolctl stats` and the metrics compute rates from:
+`{bucket}` is the Unix time divided by RATE_BUCKET_S, rounded down, taken from
+the clock of the process that pops or fills. Hosts are assumed to keep their
+clocks in sync (NTP). A host whose clock is off by more than a bucket counts
+its items in a neighbouring bucket. That shifts them within the rate window,
+and loses them only when the offset approaches the window itself.
 
 A key prefix is put in front of every name. With hash tags on, the pool part is
 wrapped in braces (`{titles:pool:3}:acks`) so that all keys of one pool land in
@@ -26,6 +35,7 @@ the same Redis Cluster slot, as the Lua scripts that touch several of them need.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from dataclasses import dataclass
@@ -37,8 +47,19 @@ CLAIMING_SUFFIX = ":claiming"
 DEAD_SUFFIX = ":dead"
 SENTINEL_SUFFIX = ":sentinel"
 ACKS_SINCE_SUFFIX = ":acks_since"
-# Every key of a pool other than the pool LIST itself ends with one of these.
+# Every key of a pool other than the pool LIST itself and its rate counters
+# ends with one of these.
 COMPANION_SUFFIXES = (LOCK_SUFFIX, ACKS_SUFFIX, CLAIMING_SUFFIX, DEAD_SUFFIX, SENTINEL_SUFFIX, ACKS_SINCE_SUFFIX)
+POPPED_INFIX = ":popped:"
+FILLED_INFIX = ":filled:"
+RATE_COUNTER_END = re.compile(f"(?:{POPPED_INFIX}|{FILLED_INFIX})[0-9]+$")
+
+# Rate counters: one key per pool and bucket, kept until it has left the rate
+# window. The extra two buckets of TTL cover a bucket created late in its
+# span and small clock differences between hosts.
+RATE_BUCKET_S = 5
+RATE_WINDOW_S = 60
+RATE_COUNTER_TTL_S = RATE_WINDOW_S + 2 * RATE_BUCKET_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +75,14 @@ class PoolKeys:
     dead: str
     sentinel: str
     acks_since: str
+
+    def popped(self, bucket: int) -> str:
+        """Return the key counting items popped from this pool in one rate bucket."""
+        return f"{self.pool}{POPPED_INFIX}{bucket}"
+
+    def filled(self, bucket: int) -> str:
+        """Return the key counting items pushed into this pool in one rate bucket."""
+        return f"{self.pool}{FILLED_INFIX}{bucket}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +127,7 @@ class KeyScheme:
         """Return (pool type, group) of a pool key or any of its companion keys, or None for other keys."""
         if not key.startswith(self.prefix):
             return None
-        base = key[len(self.prefix) :]
+        base = RATE_COUNTER_END.sub("", key[len(self.prefix) :])
         for suffix in COMPANION_SUFFIXES:
             if base.endswith(suffix):
                 base = base[: -len(suffix)]
@@ -114,6 +143,17 @@ class KeyScheme:
         if not sep or not pool_type or not group.lstrip("-").isdigit():
             return None
         return pool_type, int(group)
+
+
+def rate_bucket(unix_time_s: float) -> int:
+    """Return the rate bucket that a Unix time falls in."""
+    return int(unix_time_s // RATE_BUCKET_S)
+
+
+def rate_window(unix_time_s: float) -> range:
+    """Return the buckets of the rate window that ends at a Unix time, the current (partial) bucket last."""
+    current = rate_bucket(unix_time_s)
+    return range(current - RATE_WINDOW_S // RATE_BUCKET_S + 1, current + 1)
 
 
 def new_owner_token() -> str:

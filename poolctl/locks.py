@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class FlushResult:
-    """Which listed locks a flush removed, and which had changed owner or expired."""
+    """The outcome of a flush: locks removed, and locks skipped because their owner changed or they expired."""
 
     removed: list[LockInfo] = field(default_factory=list)
     skipped: list[LockInfo] = field(default_factory=list)

@@ -95,13 +95,26 @@ return 1
 """
 )
 
-# KEYS: pool, lock, claiming. ARGV: token, ttl_ms, size, n, id1..idn, item1..itemn
+# Counts n items in a rate counter. INCRBY returns n only on the key's first
+# increment, so the TTL is set once per key and a busy pool pays one command.
+_COUNT = """
+local function count(key, n, ttl_s)
+  if redis.call('INCRBY', key, n) == n then
+    redis.call('EXPIRE', key, ttl_s)
+  end
+end
+"""
+
+# KEYS: pool, lock, claiming, filled counter.
+# ARGV: token, ttl_ms, size, n, counter_ttl_s, id1..idn, item1..itemn
 # Pushes the items in fill order (LPUSH, so RPOP returns the first one first),
-# forgets their claim record and extends the lock. Returns the new pool length,
-# -1 when the lock is not the caller's, or -2 when the items would take the pool
-# past its size. On -1 and -2 nothing is written.
+# removes their ids from the claiming set, counts them in the filled counter and
+# extends the lock. Returns the new pool length, -1 when the lock is not the
+# caller's, or -2 when the items would take the pool past its size. On -1 and
+# -2 nothing is written.
 PUSH = (
     _CHUNKED
+    + _COUNT
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return -1
@@ -111,22 +124,24 @@ local length = redis.call('LLEN', KEYS[1])
 if length + n > tonumber(ARGV[3]) then
   return -2
 end
-chunked('LPUSH', KEYS[1], 5 + n, 4 + 2 * n)
-chunked('SREM', KEYS[3], 5, 4 + n)
+chunked('LPUSH', KEYS[1], 6 + n, 5 + 2 * n)
+chunked('SREM', KEYS[3], 6, 5 + n)
+count(KEYS[4], n, ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return length + n
 """
 )
 
-# KEYS: pool, acks, dead, acks_since. ARGV: count, now_ms
+# KEYS: pool, acks, dead, acks_since, popped counter. ARGV: count, now_ms, counter_ttl_s
 # Pops up to count items and records each one's id in acks in the same step,
-# so an item a poolctl consumer takes is never without its ack. Entries that
-# are not valid items go to the dead-letter list instead of to the caller.
-# When acks was empty before, acks_since gets now_ms, so that an audit can tell
-# how long acks have waited for a flush.
-# Returns {items, their ids, acks length, dead-lettered, pool length}.
+# so an item a poolctl consumer takes is never without its ack, and counts the
+# items in the popped counter. Entries that are not valid items go to the
+# dead-letter list instead of to the caller. When acks was empty before,
+# acks_since gets now_ms, so that an audit can tell how long acks have waited
+# for a flush. Returns {items, their ids, acks length, dead-lettered, pool length}.
 POP = (
     _ITEM_ID
+    + _COUNT
     + """
 local want = tonumber(ARGV[1])
 local items, ids, bad = {}, {}, 0
@@ -153,6 +168,9 @@ end
 for i = 1, #ids, 1000 do
   acks = redis.call('LPUSH', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
 end
+if #ids > 0 then
+  count(KEYS[5], #ids, ARGV[3])
+end
 return {items, ids, acks, bad, redis.call('LLEN', KEYS[1])}
 """
 )
@@ -170,8 +188,10 @@ return 1
 # KEYS: acks, acks_since. ARGV: now_ms, then the ids an ack flush read from
 # the tail, in LRANGE order. Removes exactly those ids after SQL has them as
 # consumed. When another flusher got there first the tail differs, and ids are
-# removed one by one (each id is in acks at most once, so LREM cannot hit a
-# newer ack). Afterwards acks_since is now_ms, or gone when acks is empty.
+# removed one by one. LREM cannot remove a newer ack, because an id is pushed
+# to acks only by the pop that took its item, and an item is queued again only
+# after reconcile found it in no pool and no acks list. Afterwards acks_since
+# is now_ms, or gone when acks is empty.
 TRIM_ACKS = """
 local n = #ARGV - 1
 local tail = redis.call('LRANGE', KEYS[1], -n, -1)

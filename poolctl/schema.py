@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from poolctl.config import PoolTypeSettings, Settings
-from poolctl.errors import DataError, SchemaError
+from poolctl.doctor import FULL_UNICODE_CHARSETS, Check, DoctorReport, table_checks
+from poolctl.errors import DataError
 from poolctl.sample import FOUR_BYTE_EXAMPLE, sample_rows
 from poolctl.sql import Database, QueryPlan
-from poolctl.sql.base import BMP_ONLY_CHARSETS
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ Progress = Callable[[str, int], None]  # (pool type, rows inserted so far)
 
 @dataclass(slots=True)
 class TableInit:
-    """What `db init` did for one pool type."""
+    """The outcome of `db init` for one pool type."""
 
     pool_type: str
     table: str
@@ -76,8 +76,8 @@ def init_database(
 def _check_sample_charset(db: Database, pool_type: str, spec: PoolTypeSettings) -> None:
     # Checked before the first insert: samples go in over several transactions,
     # and a failure halfway would leave part of them behind.
-    charset = db.text_charset(pool_type)
-    if charset is not None and charset.lower() in BMP_ONLY_CHARSETS:
+    charset = db.text_column(pool_type).charset
+    if charset is not None and charset.lower() not in FULL_UNICODE_CHARSETS:
         raise DataError(
             f"column {spec.table}.{spec.text_column} uses {charset}, which cannot store the 4-byte characters "
             f"that sample texts contain, such as {FOUR_BYTE_EXAMPLE} (U+{ord(FOUR_BYTE_EXAMPLE):X}); nothing was inserted",
@@ -85,50 +85,34 @@ def _check_sample_charset(db: Database, pool_type: str, spec: PoolTypeSettings) 
         )
 
 
-@dataclass(slots=True)
-class TableCheck:
-    """The result of `db check` for one pool type's table; problems is empty when all is well."""
+def check_database(settings: Settings, db: Database, pool_types: list[str] | None = None) -> DoctorReport:
+    """Check each pool type's table as `poolctl doctor` does, and that every row has a configured status.
 
-    pool_type: str
-    table: str
-    charset: str | None = None
-    plan: QueryPlan | None = None
-    problems: list[str] = field(default_factory=list)
-
-
-def check_database(settings: Settings, db: Database, pool_types: list[str] | None = None) -> list[TableCheck]:
-    """Check each pool type's table: columns present, fill index used, text character set, status values."""
-    results = []
+    The table checks are doctor's: columns present, fill index used without a
+    sort, and a text character set that stores 4-byte characters.
+    """
+    checks: list[Check] = []
     for pool_type in pool_types or list(settings.pools):
-        spec = settings.pool(pool_type)
-        check = TableCheck(pool_type, spec.table)
-        results.append(check)
-        try:
-            db.check_table(pool_type)
-        except SchemaError as exc:
-            check.problems.append(str(exc))
-            continue
-        check.plan = db.explain_claim(pool_type)
-        if not check.plan.uses_index or check.plan.filesort:
-            check.problems.append(
-                f"the fill query is not served by an index without a sort ({check.plan.detail}); add an index on "
-                f"({spec.group_column}, {spec.status_column}, {spec.batch_column} DESC, {spec.id_column})"
-            )
-        check.charset = db.text_charset(pool_type)
-        if check.charset is not None and check.charset.lower() in BMP_ONLY_CHARSETS:
-            check.problems.append(
-                f"column {spec.table}.{spec.text_column} uses {check.charset}, which cannot store 4-byte characters "
-                f"(emoji, CJK Extension B); convert it: ALTER TABLE {spec.table} CONVERT TO CHARACTER SET utf8mb4"
-            )
-        others = sum(counts.other for counts in db.state_counts(pool_type).values())
-        if others:
-            status = settings.status
-            check.problems.append(
-                f"{others} rows of {spec.table} have a {spec.status_column} that is none of available "
-                f"({status.available}), queued ({status.queued}) and consumed ({status.consumed}); fill and pop "
-                "ignore them. Check [status] in the config"
-            )
-    return results
+        settings.pool(pool_type)  # raises UnknownPoolType
+        found = list(table_checks(db, pool_type))
+        checks.extend(found)
+        if found[0].status == "ok":
+            checks.append(_status_check(settings, db, pool_type))
+    return DoctorReport(checks)
+
+
+def _status_check(settings: Settings, db: Database, pool_type: str) -> Check:
+    spec = settings.pools[pool_type]
+    others = sum(counts.other for counts in db.state_counts(pool_type).values())
+    if not others:
+        return Check(f"status {pool_type}", "ok", f"every row of {spec.table} is available, queued or consumed")
+    status = settings.status
+    return Check(
+        f"status {pool_type}", "fail",
+        f"{others} rows of {spec.table} have a {spec.status_column} that is none of available ({status.available}), "
+        f"queued ({status.queued}) and consumed ({status.consumed}); fill and pop ignore them",
+        "Check [status] in the config, or fix the rows",
+    )
 
 
 def _chunk_ends(count: int) -> Iterator[int]:

@@ -19,7 +19,7 @@ from redis.retry import Retry
 from poolctl import lua
 from poolctl.config import Settings, mask_url
 from poolctl.errors import LockLost, PoolctlError, RedisUnavailable, WrongKeyType
-from poolctl.keys import KeyScheme, PoolKeys
+from poolctl.keys import RATE_COUNTER_TTL_S, KeyScheme, PoolKeys, rate_bucket
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,9 @@ class RedisStore:
     def push(self, keys: PoolKeys, token: str, ttl_s: float, size: int, ids: Sequence[int], items: Sequence[str]) -> int:
         """Push encoded items if the caller owns the lock and the pool has room; return the new length."""
         with self.errors(keys):
-            result = int(self._push(keys=[keys.pool, keys.lock, keys.claiming], args=[token, _ms(ttl_s), size, len(ids), *ids, *items]))
+            filled = keys.filled(rate_bucket(time.time()))
+            args = [token, _ms(ttl_s), size, len(ids), RATE_COUNTER_TTL_S, *ids, *items]
+            result = int(self._push(keys=[keys.pool, keys.lock, keys.claiming, filled], args=args))
         if result == -1:
             raise LockLost(f"fill lock {keys.lock} was lost before the push", "Raise fill.lock_ttl_s if fills are slow")
         if result == -2:
@@ -346,10 +348,12 @@ class RedisStore:
     # -- consume -----------------------------------------------------------
 
     def pop(self, keys: PoolKeys, count: int) -> PopResult:
-        """Pop up to count items and record their ids in acks, atomically."""
+        """Pop up to count items, record their ids in acks and count them for the pop rate, atomically."""
+        popped = keys.popped(rate_bucket(time.time()))
         with self.errors(keys):
             raw, ids, acks, dead, remaining = self._pop(
-                keys=[keys.pool, keys.acks, keys.dead, keys.acks_since], args=[count, _now_ms()]
+                keys=[keys.pool, keys.acks, keys.dead, keys.acks_since, popped],
+                args=[count, _now_ms(), RATE_COUNTER_TTL_S],
             )
         return PopResult(list(raw), [int(value) for value in ids], int(acks), int(dead), int(remaining))
 

@@ -1,15 +1,15 @@
 """The fill daemon: repeated fill passes that keep up with consumption and survive outages.
 
 Between passes the loop sleeps `fill.interval_s`, or less when a pool drains
-fast enough to reach its threshold sooner: it estimates each pool's drain rate
+fast enough to reach its threshold sooner. It estimates each pool's drain rate
 from the lengths of consecutive passes and wakes at half the projected time to
-threshold, never more often than every `fill.min_interval_s`.
+threshold, but never more often than every `fill.min_interval_s`.
 
 When Redis or SQL cannot be reached, the loop logs one warning, then probes
 the service with a backoff from BACKOFF_START_S doubling up to BACKOFF_MAX_S,
-and logs one line when it answers again. Fill passes resume once every service
-is back. A pool whose state Redis lost is reconciled by its next fill (see
-poolctl.fill), and the loop reports that once per pass.
+and logs one line when it responds again. Fill passes resume once every
+service is back. A pool whose state Redis lost is reconciled by its next fill
+(see poolctl.fill), and the loop reports that once per pass.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from poolctl.acks import flush_acks
 from poolctl.config import Settings
-from poolctl.errors import DatabaseUnavailable, RedisUnavailable, ServiceUnavailable
+from poolctl.errors import DatabaseUnavailable, PoolctlError, RedisUnavailable, ServiceUnavailable
 from poolctl.fill import Filler, PassResult
 from poolctl.keys import PoolKeys
 from poolctl.sql import Database
@@ -36,6 +37,14 @@ BACKOFF_MAX_S = 10.0
 # Each backoff wait is scaled by a random factor in 1 +- BACKOFF_JITTER, so that
 # several fillers do not all retry at the same moment.
 BACKOFF_JITTER = 0.2
+
+
+class WatchEvents(Protocol):
+    """Receives what the watch loop does, such as the metrics endpoint's counters."""
+
+    def pass_done(self, result: PassResult) -> None: ...
+
+    def pass_failed(self, error: PoolctlError) -> None: ...
 
 
 @dataclass(slots=True)
@@ -55,9 +64,11 @@ class Watcher:
         pool_types: Sequence[str] | None = None,
         group: int | None = None,
         stop: threading.Event | None = None,
+        events: WatchEvents | None = None,
     ) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
+        self.events = events
         self.filler = Filler(settings, store, db, stop=self.stop)
         self.pool_types = list(pool_types) if pool_types else None
         self.group = group
@@ -78,10 +89,14 @@ class Watcher:
                 result = self.run_once()
             except ServiceUnavailable as exc:
                 self._service_down(exc)
+                if self.events is not None:
+                    self.events.pass_failed(exc)
                 self.stop.wait(backoff * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             backoff = BACKOFF_START_S
+            if self.events is not None:
+                self.events.pass_done(result)
             self.stop.wait(self.next_wait(result))
         self._final_flush()
         log.info("fill watch stopped after %d passes", self.passes)
@@ -142,7 +157,11 @@ class Watcher:
         return max(floor, min(wait, interval))
 
     def _service_down(self, exc: ServiceUnavailable) -> None:
-        name = _service_name(exc)
+        name = "a service"
+        if isinstance(exc, RedisUnavailable):
+            name = "Redis"
+        elif isinstance(exc, DatabaseUnavailable):
+            name = "SQL"
         if name not in self._down:
             self._down[name] = time.monotonic()
             log.warning("%s is unavailable, fill passes paused and retried with backoff: %s", name, exc.message)
@@ -167,11 +186,3 @@ class Watcher:
             log.warning("final ack flush failed, acks stay in Redis for the next flush: %s", exc.message)
         if flushed:
             log.info("%d acks flushed before stopping", flushed)
-
-
-def _service_name(exc: ServiceUnavailable) -> str:
-    if isinstance(exc, RedisUnavailable):
-        return "Redis"
-    if isinstance(exc, DatabaseUnavailable):
-        return "SQL"
-    return "a service"

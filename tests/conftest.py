@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,13 @@ def mariadb_redis(mariadb_database: str, key_prefix: str, real_redis: redis.Redi
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Each contract test runs on both backends."""
     return request.getfixturevalue(request.param)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def load_rows(db: Database, pool_type: str, rows: list[tuple[int, int, str]]) -> None:

@@ -225,52 +225,58 @@ def test_sample_refused_for_utf8mb3(utf8mb3_titles: Backend, mariadb_env: dict[s
     assert status_of(utf8mb3_titles.db, "titles") == {}
 
 
-def test_import_refuses_4_byte_text(utf8mb3_titles: Backend) -> None:
+def test_import_refuses_4_byte_text(utf8mb3_titles: Backend, mariadb_env: dict[str, str], tmp_path: Path) -> None:
+    lines = tmp_path / "titles.txt"
+    lines.write_text("普通标题\n表情 😀 标题\n赵孟𫖯的字\n")
+    result = run(["import", "titles", "--group", "1", str(lines)], mariadb_env, tmp_path)
+    assert result.returncode == 1, detail(result)
+    assert result.stderr.splitlines()[:2] == [
+        f"{lines}:2: character U+1F600 takes 4 bytes, which the utf8mb3 column cannot hold: '表情 😀 标题'",
+        f"{lines}:3: character U+2B5AF takes 4 bytes, which the utf8mb3 column cannot hold: '赵孟𫖯的字'",
+    ]
+    assert error_line(result) == ("poolctl: error: 2 lines rejected, nothing was loaded. "
+                                  "Fix the lines listed, or pass --skip-bad to load the others")
+    assert status_of(utf8mb3_titles.db, "titles") == {}
+
+
+def test_library_insert_4_byte_text(utf8mb3_titles: Backend) -> None:
+    """A caller that skips the import checks still gets a DataError from the server's strict mode, with the fix."""
     db = utf8mb3_titles.db
     with pytest.raises(DataError) as caught:
         db.insert_rows("titles", [(1, 1, "普通标题"), (1, 1, "表情 😀 标题")])
-    assert caught.value.message == (
-        "row 2 for titles.title: text contains 😀 (U+1F600), a 4-byte character that the column's character set "
-        "utf8mb3 cannot store; nothing was inserted"
-    )
-    assert caught.value.hint == ("Convert the table to utf8mb4 (ALTER TABLE titles CONVERT TO CHARACTER SET utf8mb4), "
-                                 "or remove the character")
+    assert caught.value.message.startswith("text rejected by mysql://root@127.0.0.1:3306/")
+    assert "Incorrect string value" in caught.value.message
+    assert caught.value.hint.startswith("Convert the column to utf8mb4 (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4)")
     assert status_of(db, "titles") == {}
 
 
 def test_db_check_warns_utf8mb3(utf8mb3_titles: Backend, mariadb_env: dict[str, str], tmp_path: Path) -> None:
     result = run(["db", "check"], mariadb_env, tmp_path)
     assert result.returncode == 1, detail(result)
-    assert ("titles: column titles.title uses utf8mb3, which cannot store 4-byte characters (emoji, CJK Extension B); "
-            "convert it: ALTER TABLE titles CONVERT TO CHARACTER SET utf8mb4") in result.stdout
-    assert "poolctl: db check: 1 problems found" in result.stderr
+    assert ("FAIL  charset titles       column titles.title is utf8mb3: it cannot hold 4-byte characters (emoji, "
+            "rarer CJK ideographs), so rows with them fail to load. ALTER TABLE titles CONVERT TO CHARACTER SET "
+            "utf8mb4") in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1] == "8 checks: 1 failed, 0 warnings"
     utf8mb3_titles.db.execute("ALTER TABLE titles CONVERT TO CHARACTER SET utf8mb4")
     fixed = run(["db", "check", "--json"], mariadb_env, tmp_path)
     assert fixed.returncode == 0, detail(fixed)
     report = json.loads(fixed.stdout)
-    assert report["ok"] is True
-    assert [(table["pool_type"], table["charset"], table["problems"]) for table in report["tables"]] == [
-        ("titles", "utf8mb4", []), ("contents", "utf8mb4", []),
+    assert (report["ok"], report["failed"], report["warnings"]) == (True, 0, 0)
+    assert [check["name"] for check in report["checks"]] == [
+        "table titles", "fill index titles", "charset titles", "status titles",
+        "table contents", "fill index contents", "charset contents", "status contents",
     ]
-
-
-def test_lone_surrogate_refused(backend: Backend) -> None:
-    backend.db.create_table("titles")
-    with pytest.raises(DataError) as caught:
-        backend.db.insert_rows("titles", [(1, 1, "ok"), (1, 1, "ok"), (1, 1, "broken \ud800 text")])
-    assert caught.value.message == (
-        "row 3 for titles.title: text contains a lone surrogate U+D800, which is not valid Unicode; nothing was inserted"
-    )
-    assert status_of(backend.db, "titles") == {}
 
 
 def test_db_check_missing_table(env: dict[str, str], tmp_path: Path) -> None:
     result = run(["db", "check", "--json"], env, tmp_path)
     assert result.returncode == 1, detail(result)
-    tables = json.loads(result.stdout)["tables"]
-    assert [table["problems"][0].split(" in SQLite")[0] for table in tables] == [
-        "table titles for pool type titles not found", "table contents for pool type contents not found",
+    checks = json.loads(result.stdout)["checks"]
+    assert [(check["name"], check["status"], check["message"].split(" in SQLite")[0]) for check in checks] == [
+        ("table titles", "fail", "table titles for pool type titles not found"),
+        ("table contents", "fail", "table contents for pool type contents not found"),
     ]
+    assert checks[0]["hint"] == "Run `poolctl db init` or fix pools.titles.table in the config"
 
 
 def test_db_check_unknown_status(filled: dict[str, str], tmp_path: Path) -> None:
@@ -278,10 +284,15 @@ def test_db_check_unknown_status(filled: dict[str, str], tmp_path: Path) -> None
 
     with sqlite3.connect(tmp_path / "bad.db") as conn:
         conn.execute("UPDATE titles SET status = 9 WHERE id IN (1, 2)")
-    result = run(["db", "check"], filled, tmp_path)
+    result = run(["db", "check", "--json"], filled, tmp_path)
     assert result.returncode == 1, detail(result)
-    assert ("titles: 2 rows of titles have a status that is none of available (1), queued (2) and consumed (0); "
-            "fill and pop ignore them. Check [status] in the config") in result.stdout
+    failed = [check for check in json.loads(result.stdout)["checks"] if check["status"] == "fail"]
+    assert failed == [{
+        "name": "status titles", "status": "fail",
+        "message": "2 rows of titles have a status that is none of available (1), queued (2) and consumed (0); "
+                   "fill and pop ignore them",
+        "hint": "Check [status] in the config, or fix the rows",
+    }]
 
 
 # -- requests that need confirmation ----------------------------------------------

@@ -198,16 +198,3 @@ def test_every_command_has_help(env: dict[str, str], tmp_path: Path) -> None:
         result = run([*command, "--help"], env, tmp_path)
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout
-
-
-@pytest.mark.parametrize("readme", ["README.md", "README.zh-CN.md"])
-def test_readme_commands_exist(env: dict[str, str], tmp_path: Path, readme: str) -> None:
-    """Every `### poolctl ...` heading of the READMEs names a command that prints its help."""
-    import re
-
-    text = (Path(__file__).parent.parent / readme).read_text()
-    commands = {tuple(name.split()) for name in re.findall(r"^### `poolctl ([a-z ]+?)(?: [A-Z-].*)?`", text, re.M)}
-    assert ("reconcile",) in commands and ("audit",) in commands and ("db", "check") in commands
-    for command in sorted(commands):
-        result = run([*command, "--help"], env, tmp_path)
-        assert result.returncode == 0, f"{readme}: poolctl {' '.join(command)}: {result.stderr}"

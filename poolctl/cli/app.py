@@ -14,12 +14,13 @@ import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from poolctl.cli.output import Output, error_line, setup_logging
+from poolctl.cli.output import Output, error_line, setup_logging, use_utf8_stdout
 from poolctl.errors import ExitCode, PoolctlError
 
 if TYPE_CHECKING:
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
     from poolctl.store import RedisStore
 
 log = logging.getLogger("poolctl.cli")
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
 
 app = typer.Typer(
     name="poolctl",
@@ -41,7 +48,7 @@ app = typer.Typer(
 
 @dataclass
 class Runtime:
-    """What a command needs: settings and connections, opened on first use, and its output."""
+    """The context of one command: settings and connections (opened on first use) and its output."""
 
     config: Path | None = None
     redis_url: str | None = None
@@ -64,6 +71,13 @@ class Runtime:
             if self.database_url is not None:
                 overrides.setdefault("database", {})["url"] = self.database_url
             self._settings = load_settings(self.config, **overrides)
+            from poolctl.config import config_path, mask_url
+
+            log.debug(
+                "settings from %s: redis %s, database %s, pool types %s",
+                config_path(self.config) or "environment and defaults", mask_url(self._settings.redis.url),
+                mask_url(self._settings.database.url), ", ".join(self._settings.pools),
+            )
         return self._settings
 
     @property
@@ -105,8 +119,13 @@ DatabaseUrlOption = Annotated[
                  "Overrides POOLCTL_DATABASE_URL and [database] url.", show_default=False),
 ]
 VerboseOption = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log more: -v shows DEBUG lines.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Write one JSON document to stdout instead of text.")]
+QuietOption = Annotated[
+    int, typer.Option("--quiet", "-q", count=True, help="Log less: -q shows only warnings and errors, -qq only errors.")
+]
+LogFormatOption = Annotated[
+    LogFormat, typer.Option("--log-format", help="Log line format on stderr: text, or json (one object per line).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Write JSON to stdout instead of text (see README, JSON output).")]
 
 _COMMON = {
     "config": ConfigOption,
@@ -114,8 +133,11 @@ _COMMON = {
     "database_url": DatabaseUrlOption,
     "verbose": VerboseOption,
     "quiet": QuietOption,
+    "log_format": LogFormatOption,
 }
-_COMMON_DEFAULTS = {"config": None, "redis_url": None, "database_url": None, "verbose": 0, "quiet": False}
+_COMMON_DEFAULTS = {
+    "config": None, "redis_url": None, "database_url": None, "verbose": 0, "quiet": 0, "log_format": LogFormat.text,
+}
 
 
 def command(group: typer.Typer, name: str | None = None, json_option: bool = True, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -152,7 +174,7 @@ def command(group: typer.Typer, name: str | None = None, json_option: bool = Tru
                 config=common["config"], redis_url=common["redis_url"], database_url=common["database_url"],
                 json_mode=json_mode, out=Output(json_mode),
             )
-            setup_logging(common["verbose"], common["quiet"])
+            setup_logging(common["verbose"] - common["quiet"], common["log_format"].value)
             run(runtime, func, values, verbose=common["verbose"] > 0)
 
         wrapper.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
@@ -164,24 +186,27 @@ def command(group: typer.Typer, name: str | None = None, json_option: bool = Tru
 
 
 def run(runtime: Runtime, func: Callable[..., Any], values: dict[str, Any], verbose: bool) -> None:
-    """Call a command and turn its failure into a one-line message and an exit code."""
+    """Call a command and turn its failure into a one-line message, a JSON error envelope and an exit code."""
     try:
         func(runtime, **values)
+        runtime.out.flush()  # a reader that went away must show up here, not at interpreter exit
     except PoolctlError as exc:
         report_error(runtime, exc)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
-        error_line("interrupted")
-        raise typer.Exit(130) from None
+        report_failure(runtime, "interrupted", "interrupted", "", ExitCode.INTERRUPTED)
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except BrokenPipeError:
-        _silence_stdout()
+        # The reader (head, a closed pager) has what it wanted: not an error.
+        silence_stdout()
         raise typer.Exit(int(ExitCode.OK)) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as exc:
         if verbose:
             log.exception("unexpected error")
-        error_line(f"unexpected {type(exc).__name__}: {exc}. Run again with -v for the traceback, and report it")
+        message = f"unexpected {type(exc).__name__}: {exc}"
+        report_failure(runtime, "unexpected", message, "Run again with -v for the traceback, and report it", ExitCode.FAILED)
         raise typer.Exit(int(ExitCode.FAILED)) from None
     finally:
         try:
@@ -191,12 +216,29 @@ def run(runtime: Runtime, func: Callable[..., Any], values: dict[str, Any], verb
 
 
 def report_error(runtime: Runtime, exc: PoolctlError) -> None:
-    error_line(str(exc))
+    report_failure(runtime, exc.code, exc.message, exc.hint, exc.exit_code, exc.details)
+
+
+def report_failure(runtime: Runtime, code: str, message: str, hint: str, exit_code: ExitCode,
+                   details: dict[str, Any] | None = None) -> None:
+    """Write the one-line error to stderr and, in JSON mode, the error envelope to stdout."""
+    error_line(f"{message.rstrip('. ')}. {hint}" if hint else message)
     if runtime.json_mode:
-        runtime.out.json({"error": {"code": exc.code, "message": exc.message, "hint": exc.hint}})
+        try:
+            runtime.out.json(error_envelope(code, message, hint, details))
+        except BrokenPipeError:
+            silence_stdout()
 
 
-def _silence_stdout() -> None:
+def error_envelope(code: str, message: str, hint: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the JSON error document: {"error": {"code", "message", "hint"}}, plus "details" for some codes."""
+    error: dict[str, Any] = {"code": code, "message": message, "hint": hint}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def silence_stdout() -> None:
     """Point stdout at /dev/null so that the interpreter's final flush cannot raise again."""
     import os
 
@@ -208,4 +250,26 @@ def main() -> None:
     """Entry point of the `poolctl` console script."""
     from poolctl.cli import commands  # noqa: F401  (registers the commands)
 
-    app()
+    use_utf8_stdout()
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:
+        # A usage error, raised before any command ran: the parser's message
+        # on stderr and, when --json was asked for, the envelope on stdout.
+        # Since typer 0.29 its bundled click raises these as TyperException.
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            error_line(exc.format_message())
+        if "--json" in sys.argv[1:]:
+            hint = "Run the command with --help for its usage"
+            Output(json_mode=True).json(error_envelope("usage", exc.format_message(), hint))
+        code = exc.exit_code
+    except typer.Abort:
+        error_line("aborted")
+        code = int(ExitCode.FAILED)
+    except BrokenPipeError:
+        silence_stdout()
+        code = int(ExitCode.OK)
+    sys.exit(code or 0)

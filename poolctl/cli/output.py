@@ -1,4 +1,4 @@
-"""How the command line writes: data on stdout, logs and errors on stderr.
+"""Output of the command line: data on stdout, logs and errors on stderr.
 
 On a terminal, tables are Rich tables; when piped, they are plain columns with
 no colour or box drawing. With --json, stdout carries exactly one JSON
@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -37,26 +38,16 @@ class Output:
     def line(self, text: str = "") -> None:
         sys.stdout.write(text + "\n")
 
+    def flush(self) -> None:
+        sys.stdout.flush()
+
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,
               styles: Sequence[str | None] | None = None) -> None:
         """Write rows under column headings: a Rich table on a terminal, aligned plain text otherwise."""
-        cells = [["" if value is None else str(value) for value in row] for row in rows]
         if self.tty:
-            self._rich_table(columns, cells, title, styles)
+            console().print(rich_table(columns, rows, title, styles))
         else:
-            self._plain_table(columns, cells)
-
-    def _rich_table(self, columns: Sequence[str], cells: list[list[str]], title: str | None,
-                    styles: Sequence[str | None] | None) -> None:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title, header_style="bold")
-        for column in columns:
-            table.add_column(column, justify="right" if column in NUMERIC_HINTS else "left")
-        for index, row in enumerate(cells):
-            table.add_row(*row, style=styles[index] if styles else None)
-        Console().print(table)
+            self._plain_table(columns, _cells(rows))
 
     def _plain_table(self, columns: Sequence[str], cells: list[list[str]]) -> None:
         widths = [cell_width(column) for column in columns]
@@ -67,10 +58,35 @@ class Output:
             sys.stdout.write("  ".join(padded).rstrip() + "\n")
 
 
+def console() -> Any:
+    """Return a Rich console on stdout. Rich measures CJK characters as two columns and wraps by cells."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def rich_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,
+               styles: Sequence[str | None] | None = None) -> Any:
+    """Build a Rich table; imported lazily so that commands that print no table never load Rich."""
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    for column in columns:
+        table.add_column(column, justify="right" if column in NUMERIC_HINTS else "left")
+    for index, row in enumerate(_cells(rows)):
+        table.add_row(*row, style=styles[index] if styles else None)
+    return table
+
+
+def _cells(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
+    return [["" if value is None else str(value) for value in row] for row in rows]
+
+
 # Columns right-aligned in Rich tables.
 NUMERIC_HINTS = {
     "length", "size", "threshold", "fill %", "acks", "dead", "available", "queued", "consumed",
     "before", "after", "pushed", "seconds", "ttl s", "group", "rows", "flushed",
+    "pop/s", "fill/s", "empty in", "line",
 }
 
 
@@ -78,19 +94,58 @@ def error_line(message: str) -> None:
     sys.stderr.write(f"poolctl: error: {message}\n")
 
 
-def setup_logging(verbose: int, quiet: bool) -> None:
-    """Send poolctl's logs to stderr: INFO by default, DEBUG with -v, WARNING with -q."""
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+def setup_logging(verbosity: int, log_format: str = "text") -> None:
+    """Send poolctl's logs to stderr at the level verbosity sets.
+
+    Verbosity is the count of -v minus the count of -q: 1 or more DEBUG,
+    0 INFO, -1 WARNING, -2 or less ERROR. The json format writes one JSON
+    object per line for log shippers; text uses Rich on a terminal.
+    """
+    level = logging.ERROR
+    if verbosity > 0:
+        level = logging.DEBUG
+    elif verbosity == 0:
+        level = logging.INFO
+    elif verbosity == -1:
+        level = logging.WARNING
     root = logging.getLogger("poolctl")
     root.setLevel(level)
     root.handlers.clear()
     root.propagate = False
-    if sys.stderr.isatty():
+    handler: logging.Handler
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLogFormatter())
+    elif sys.stderr.isatty():
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(show_path=False, log_time_format="%H:%M:%S")
+        # RichHandler's own console writes to stdout, which carries data only.
+        handler = RichHandler(console=Console(stderr=True), show_path=False, log_time_format="%H:%M:%S")
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """Formats a log record as one JSON object: time (UTC, ISO 8601), level, logger, message, and exc_info."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def use_utf8_stdout() -> None:
+    """Write stdout as UTF-8 whatever the locale is, because the data contract (text and JSON) is UTF-8."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    if encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from poolctl.config import Settings
-from poolctl.sql.base import Database, QueryPlan, Row, StateCounts
+from poolctl.sql.base import Database, QueryPlan, Row, StateCounts, TextColumn
 
-__all__ = ["Database", "QueryPlan", "Row", "StateCounts", "connect_database"]
+__all__ = ["Database", "QueryPlan", "Row", "StateCounts", "TextColumn", "connect_database"]
 
 
 def connect_database(settings: Settings) -> Database:

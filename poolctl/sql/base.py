@@ -8,7 +8,6 @@ fillers and fallback consumers can never claim the same row twice.
 from __future__ import annotations
 
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -16,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from poolctl.config import PoolTypeSettings, StatusValues
-from poolctl.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +25,6 @@ IN_CHUNK = 1000
 # Called with the claimed ids after they are selected and before the claim
 # commits; returning False rolls the claim back (the fill lock was lost).
 BeforeCommit = Callable[[list[int]], bool]
-
-# Character sets whose UTF-8 form stops at 3 bytes: they cannot store
-# characters above U+FFFF (emoji, CJK Extension B and later).
-BMP_ONLY_CHARSETS = {"utf8", "utf8mb3", "ucs2"}
-ABOVE_BMP = re.compile("[\U00010000-\U0010FFFF]")
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 T = TypeVar("T")
 
@@ -51,12 +43,21 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class QueryPlan:
-    """What the database plans for the fill query."""
+    """The database's plan for the fill query."""
 
     uses_index: bool
     filesort: bool
     index: str | None
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextColumn:
+    """Character set and maximum length of a table's text column; None means no limit."""
+
+    charset: str | None = None
+    max_chars: int | None = None
+    max_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +188,6 @@ class Database(ABC):
     def server_version(self) -> str: ...
 
     @abstractmethod
-    def text_charset(self, pool_type: str) -> str | None:
-        """Return the character set of the text column, or None when the backend has none (SQLite)."""
-
-    @abstractmethod
     def _transaction(self, pool_type: str | None = None) -> AbstractContextManager[Any]:
         """Run the block in one write transaction and yield a cursor; raising Rollback inside undoes it quietly."""
 
@@ -204,6 +201,10 @@ class Database(ABC):
     def _retrying(self, operation: Callable[[], T]) -> T:
         """Run a transaction or query once; a backend that can retry one safely overrides this."""
         return operation()
+
+    def text_column(self, pool_type: str) -> TextColumn:
+        """Return the character set and maximum length of the pool type's text column (no limits by default)."""
+        return TextColumn()
 
     # -- shared operations --------------------------------------------------
 
@@ -280,31 +281,6 @@ class Database(ABC):
     def ping(self) -> None:
         """Run a trivial query, reconnecting first where the backend can; raise DatabaseUnavailable when that fails."""
         self.query("SELECT 1")
-
-    def check_texts(self, pool_type: str, texts: Iterable[str], charset: str | None, start: int = 1) -> None:
-        """Raise DataError naming the first text that the column's character set cannot store.
-
-        Row numbers count from start in the order given. Python strings can
-        hold lone surrogates, which no character set stores.
-        """
-        spec = self.table(pool_type).spec
-        column = f"{spec.table}.{spec.text_column}"
-        bmp_only = (charset or "").lower() in BMP_ONLY_CHARSETS
-        for number, text in enumerate(texts, start=start):
-            if found := LONE_SURROGATE.search(text):
-                raise DataError(
-                    f"row {number} for {column}: text contains a lone surrogate U+{ord(found.group()):04X}, "
-                    "which is not valid Unicode; nothing was inserted",
-                    "Fix the text's encoding before loading it",
-                )
-            if bmp_only and (found := ABOVE_BMP.search(text)):
-                char = found.group()
-                raise DataError(
-                    f"row {number} for {column}: text contains {char} (U+{ord(char):X}), a 4-byte character that "
-                    f"the column's character set {charset} cannot store; nothing was inserted",
-                    f"Convert the table to utf8mb4 (ALTER TABLE {spec.table} CONVERT TO CHARACTER SET utf8mb4), "
-                    "or remove the character",
-                )
 
     def queued_ids(self, pool_type: str, group: int) -> set[int]:
         table = self.table(pool_type)

@@ -1,9 +1,9 @@
 """MariaDB and MySQL backend, through PyMySQL.
 
 The connection runs in autocommit mode with READ COMMITTED isolation, and every
-state change is an explicit transaction: a long-lived daemon connection must
-see other sessions' commits between passes, which a REPEATABLE READ snapshot
-held open by an implicit transaction would hide.
+state change is an explicit transaction. A long-lived daemon connection must
+see other sessions' commits between passes, and a REPEATABLE READ snapshot held
+open by an implicit transaction would hide them.
 
 Claims select with FOR UPDATE SKIP LOCKED where the server has it (MariaDB
 10.6+, MySQL 8.0.1+): concurrent fillers and fallback consumers skip each
@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -27,7 +28,7 @@ from pymysql.constants import ER
 
 from poolctl.config import PoolTypeSettings, StatusValues, mask_url
 from poolctl.errors import DatabaseUnavailable, DataError, SchemaError
-from poolctl.sql.base import BeforeCommit, Database, QueryPlan, Rollback, Row
+from poolctl.sql.base import BeforeCommit, Database, QueryPlan, Rollback, Row, TextColumn
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,24 @@ def _version_tuple(version: str) -> tuple[int, int, int]:
     return tuple(int(part) for part in numbers.groups()) if numbers else (0, 0, 0)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True, slots=True)
+class ServerFeatures:
+    """Features of a MariaDB or MySQL server version that poolctl relies on."""
+
+    is_mariadb: bool
+    skip_locked: bool  # FOR UPDATE SKIP LOCKED: MariaDB 10.6+, MySQL 8.0.1+
+    descending_indexes: bool  # DESC in an index honoured: MariaDB 10.8+, MySQL 8.0+
+
+
+def server_features(version: str) -> ServerFeatures:
+    """Return the features of a server from its VERSION() string, such as 10.11.6-MariaDB-0+deb12u1."""
+    is_mariadb = "mariadb" in version.lower()
+    number = _version_tuple(version)
+    if is_mariadb:
+        return ServerFeatures(True, number >= (10, 6, 0), number >= (10, 8, 0))
+    return ServerFeatures(False, number >= (8, 0, 1), number >= (8, 0, 0))
+
+
 class MysqlDatabase(Database):
     dialect = "mysql"
     placeholder = "%s"
@@ -99,10 +118,10 @@ class MysqlDatabase(Database):
         self._committing = False
         self.connection()
         self.version = self.query("SELECT VERSION()")[0][0]
-        self.is_mariadb = "mariadb" in self.version.lower()
-        number = _version_tuple(self.version)
-        self.skip_locked = number >= (10, 6, 0) if self.is_mariadb else number >= (8, 0, 1)
-        self.descending_indexes = number >= (10, 8, 0) if self.is_mariadb else number >= (8, 0, 0)
+        features = server_features(self.version)
+        self.is_mariadb = features.is_mariadb
+        self.skip_locked = features.skip_locked
+        self.descending_indexes = features.descending_indexes
         self.lock_clause = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
         self.row_lock_clause = "FOR UPDATE"
         self.skip_locked_clause = self.lock_clause
@@ -299,9 +318,17 @@ class MysqlDatabase(Database):
         )
         return {name: charset for name, charset in rows}
 
-    def text_charset(self, pool_type: str) -> str | None:
+    def text_column(self, pool_type: str) -> TextColumn:
         spec = self.table(pool_type).spec
-        return self.columns(spec.table).get(spec.text_column)
+        rows = self.query(
+            "SELECT CHARACTER_SET_NAME, CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+            [spec.table, spec.text_column],
+        )
+        if not rows:
+            self.check_table(pool_type)  # raises SchemaError naming what is missing
+        charset, max_chars, max_bytes = rows[0]
+        return TextColumn(charset, max_chars, max_bytes)
 
     def check_table(self, pool_type: str) -> None:
         spec = self.table(pool_type).spec
@@ -355,12 +382,10 @@ class MysqlDatabase(Database):
         table = self.table(pool_type)
         sql = table.sql("INSERT INTO {table} ({group}, {batch}, {status}, {text}) VALUES ({p}, {p}, {p}, {p})")
         available = self.status.available
-        charset = self.text_charset(pool_type)
         inserted = 0
         iterator = iter(rows)
         with self._transaction(pool_type) as cursor:
             while chunk := list(islice(iterator, INSERT_CHUNK)):
-                self.check_texts(pool_type, (text for _, _, text in chunk), charset, start=inserted + 1)
                 # PyMySQL rewrites executemany of one INSERT into multi-row statements.
                 cursor.executemany(sql, [(group, batch, available, text) for group, batch, text in chunk])
                 inserted += len(chunk)

@@ -2,8 +2,8 @@
 
 SQLite has one writer at a time. A claim starts with BEGIN IMMEDIATE, which
 takes the write lock before the SELECT, so two processes can never select the
-same available rows: the second waits (up to the busy timeout) and then sees
-them queued.
+same available rows. The second waits (up to the busy timeout) and then reads
+them as queued.
 """
 
 from __future__ import annotations
@@ -181,7 +181,6 @@ class SqliteDatabase(Database):
         iterator = iter(rows)
         with self._transaction(pool_type) as cursor:
             while chunk := list(islice(iterator, INSERT_CHUNK)):
-                self.check_texts(pool_type, (text for _, _, text in chunk), None, start=inserted + 1)
                 try:
                     cursor.executemany(sql, [(group, batch, available, text) for group, batch, text in chunk])
                 except sqlite3.IntegrityError as exc:
@@ -191,9 +190,6 @@ class SqliteDatabase(Database):
 
     def server_version(self) -> str:
         return sqlite3.sqlite_version
-
-    def text_charset(self, pool_type: str) -> str | None:
-        return None  # SQLite stores any valid Unicode text
 
     def close(self) -> None:
         self.conn.close()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from poolctl.cli.app import Runtime, app, command
-from poolctl.errors import ConfigError, ExitCode
+from poolctl.errors import ConfigError
 
 db_app = typer.Typer(help="Create and check the SQL schema.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(db_app, name="db")
@@ -58,35 +58,14 @@ def init(
 def check(rt: Runtime) -> None:
     """Check every configured table: columns, fill index, text character set and status values.
 
-    Exits with 1 when a table has a problem, such as a text column in
-    utf8mb3 that cannot store 4-byte characters (emoji, CJK Extension B).
+    The table checks are those of `poolctl doctor`, without Redis. Exits with
+    1 when a check fails, such as a text column in utf8mb3 that cannot store
+    4-byte characters (emoji, CJK Extension B).
     """
+    from poolctl.cli.commands.doctor import print_checks
     from poolctl.schema import check_database
 
-    results = check_database(rt.settings, rt.db)
-    problems = [problem for result in results for problem in result.problems]
-    if rt.json_mode:
-        rt.out.json(
-            {
-                "ok": not problems,
-                "tables": [
-                    {"pool_type": r.pool_type, "table": r.table, "charset": r.charset,
-                     "index_ok": r.plan is not None and r.plan.uses_index and not r.plan.filesort,
-                     "plan": r.plan.detail if r.plan else None, "problems": r.problems}
-                    for r in results
-                ],
-            }
-        )
-    else:
-        rows = [[r.pool_type, r.table, r.charset or "-", "ok" if not r.problems else f"{len(r.problems)} problems"]
-                for r in results]
-        rt.out.table(["pool", "table", "charset", "state"], rows)
-        for result in results:
-            for problem in result.problems:
-                rt.out.line(f"{result.pool_type}: {problem}")
-    if problems:
-        sys.stderr.write(f"poolctl: db check: {len(problems)} problems found\n")
-        raise typer.Exit(int(ExitCode.FAILED))
+    print_checks(rt, check_database(rt.settings, rt.db))
 
 
 def _parse_samples(values: list[str], pool_types: list[str]) -> dict[str, int]:

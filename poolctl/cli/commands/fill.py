@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from poolctl.cli.app import Runtime, app, command
-from poolctl.errors import ExitCode, WrongKeyType
+from poolctl.errors import ConfigError, ExitCode, WrongKeyType
 
 log = logging.getLogger("poolctl.cli")
 
@@ -37,6 +37,14 @@ def fill(
         typer.Option("--interval", min=0.01, help="Seconds between passes with --watch. Overrides fill.interval_s.",
                      show_default=False),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=0, max=65535, help="With --watch: serve Prometheus metrics on this TCP "
+                     "port at /metrics (0 picks a free port).", show_default=False),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the metrics endpoint listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Top up every pool at or below its threshold to its size, from SQL.
 
@@ -46,8 +54,10 @@ def fill(
     """
     if interval is not None:
         rt.overrides["fill"] = {"interval_s": interval}
+    if metrics_port is not None and not watch:
+        raise ConfigError("--metrics-port needs --watch", "Run `poolctl fill --watch --metrics-port PORT`")
     if watch:
-        _watch(rt, pool, group)
+        _watch(rt, pool, group, metrics_port, metrics_host)
     else:
         _one_pass(rt, pool, group)
 
@@ -93,12 +103,18 @@ def _one_pass(rt: Runtime, pool: list[str] | None, group: int | None) -> None:
         )
 
 
-def _watch(rt: Runtime, pool: list[str] | None, group: int | None) -> None:
+def _watch(rt: Runtime, pool: list[str] | None, group: int | None, metrics_port: int | None, metrics_host: str) -> None:
     from poolctl.watch import Watcher
 
     stop = threading.Event()
     watcher = Watcher(rt.settings, rt.store, rt.db, pool_types=pool, group=group, stop=stop)
     watcher.filler.discover(pool, group)  # reject an unknown pool type or group before starting
+    server = None
+    if metrics_port is not None:
+        from poolctl.metrics import serve_metrics
+
+        server = serve_metrics(rt.settings, rt.store, lambda: list(watcher.targets), metrics_host, metrics_port)
+        watcher.events = server.metrics
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
@@ -111,4 +127,8 @@ def _watch(rt: Runtime, pool: list[str] | None, group: int | None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    watcher.run()
+    try:
+        watcher.run()
+    finally:
+        if server is not None:
+            server.stop()

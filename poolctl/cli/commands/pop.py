@@ -34,7 +34,7 @@ def pop(
 
     rt.settings.pool(pool_type)
     # Closing the consumer flushes its acks, so the items are consumed in SQL
-    # before this command exits; if SQL is down the acks wait in Redis.
+    # before this command exits. If SQL is down, the acks wait in Redis.
     with PoolConsumer(rt.settings, store=rt.store) as consumer:
         if fallback:
             items = []
