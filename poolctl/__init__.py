@@ -18,13 +18,15 @@ Module map (each module has one job):
     watch     the fill daemon loop
     acks      flushing acks from Redis to SQL
     consumer  PoolConsumer, the library consumers use
+    reconcile queued items missing from Redis, found and made available again
+    audit     `audit`: read-only checks of the invariants between Redis and SQL
     stats     per-pool state across Redis and SQL, with pop and fill rates
     health    `check`: whether every pool is above its threshold
     doctor    `doctor`: checks of a deployment, one finding per check
     importer  `import`: bulk loading of text, CSV and JSON Lines into SQL
     metrics   Prometheus metrics of `fill --watch` (imports prometheus_client)
     locks     listing and flushing fill locks
-    schema    db init: tables, index and sample rows
+    schema    db init and db check: tables, index, sample rows and their checks
     sample    sample Chinese texts
     cli       the `poolctl` command, a thin layer over the modules above
 """

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 MAX_BATCHES_PER_FLUSH = 50
 
 
-def flush_acks(store: RedisStore, db: Database, keys: PoolKeys, batch: int) -> int:
-    """Mark the pool's pending acks consumed in SQL and remove them from Redis; return how many."""
-    flushed = 0
+def flush_acks(store: RedisStore, db: Database, keys: PoolKeys, batch: int) -> list[int]:
+    """Mark the pool's pending acks consumed in SQL and remove them from Redis; return the ids flushed."""
+    flushed: list[int] = []
     for _ in range(MAX_BATCHES_PER_FLUSH):
         raw = store.read_acks(keys, batch)
         if not raw:
@@ -36,11 +36,11 @@ def flush_acks(store: RedisStore, db: Database, keys: PoolKeys, batch: int) -> i
         if ids:
             db.mark_consumed(keys.pool_type, ids)
         store.trim_acks(keys, raw)
-        flushed += len(ids)
+        flushed.extend(ids)
         if len(raw) < batch:
             break
     if flushed:
-        log.debug("pool %s group %d: %d acks flushed", keys.pool_type, keys.group, flushed)
+        log.debug("pool %s group %d: %d acks flushed", keys.pool_type, keys.group, len(flushed))
     return flushed
 
 

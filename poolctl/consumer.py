@@ -12,6 +12,18 @@ in one atomic Redis step. Acks reach SQL in batches: every `acks.batch` pops
 or `acks.interval_s` seconds, and on close. A consumer that dies after a pop
 leaves the ack in Redis, where the next flush by any consumer or by
 `poolctl fill --watch` finds it.
+
+The consumer also remembers the ids it popped until a flush confirms them. If
+Redis loses the acks (a restart without persistence), the consumer marks those
+ids consumed in SQL itself: at once when a pop finds Redis down, or else at
+the flush after next. A consumer that dies while Redis loses its data takes
+that memory with it: its popped items stay queued and reconcile restores
+them, so they can be handed out again.
+
+NOTE: a Redis that restarts between two pops of a consumer, so that the
+consumer never sees it down, leaves a window of up to two flush intervals in
+which a fill that reconciles the lost pool can restore and hand out again an
+item this consumer already has.
 """
 
 from __future__ import annotations
@@ -32,6 +44,14 @@ log = logging.getLogger(__name__)
 
 # A consumer that cannot reach SQL logs the failed flush at most this often.
 FLUSH_WARNING_INTERVAL_S = 30.0
+# After Redis failed, pop_with_fallback goes straight to SQL for this long
+# before it tries Redis again, so that a batch of pops does not wait for one
+# connect timeout each.
+REDIS_RETRY_S = 1.0
+# Popped ids remembered per pool until a flush confirms them. Beyond this the
+# oldest are forgotten; their acks are still in Redis unless Redis also loses
+# its data.
+UNCONFIRMED_MAX = 100_000
 
 
 class PoolConsumer:
@@ -48,8 +68,11 @@ class PoolConsumer:
         self.store = store or RedisStore.from_settings(self.settings)
         self._db = db
         self._pending: dict[PoolKeys, int] = {}
+        self._unconfirmed: dict[PoolKeys, list[int]] = {}  # popped since the last flush
+        self._suspects: dict[PoolKeys, list[int]] = {}  # popped before it, and not seen by it
         self._last_flush = time.monotonic()
         self._last_flush_warning = 0.0
+        self._redis_retry_at = 0.0  # while in the future, pop_with_fallback skips Redis
 
     @property
     def db(self) -> Database:
@@ -71,8 +94,13 @@ class PoolConsumer:
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
         keys = self.store.keys(pool_type, group)
-        result = self.store.pop(keys, count)
+        try:
+            result = self.store.pop(keys, count)
+        except RedisUnavailable:
+            self._confirm_in_sql()
+            raise
         items = self._decode(keys, result)
+        self._remember(keys, [item.id for item in items])
         self._after_pop(keys, result.acks)
         return items
 
@@ -83,11 +111,18 @@ class PoolConsumer:
         selects it, and never one that is queued for a pool. Returns None only
         when both the pool and SQL have nothing.
         """
-        try:
-            item = self.pop(pool_type, group)
-        except RedisUnavailable as exc:
-            log.warning("pool %s group %d: Redis unreachable, popping from SQL (%s)", pool_type, group, exc.message)
-            item = None
+        item = None
+        if time.monotonic() >= self._redis_retry_at:
+            try:
+                item = self.pop(pool_type, group)
+            except RedisUnavailable as exc:
+                if self._redis_retry_at == 0.0:
+                    log.warning("Redis unreachable, popping from SQL until it is back (%s)", exc.message)
+                self._redis_retry_at = time.monotonic() + REDIS_RETRY_S
+            else:
+                if self._redis_retry_at:
+                    log.info("Redis is back, popping from pools again")
+                self._redis_retry_at = 0.0
         if item is not None:
             return item
         row = self.db.claim_for_consumer(pool_type, group)
@@ -97,14 +132,15 @@ class PoolConsumer:
         if result.dead:
             log.error("pool %s group %d: %d malformed items moved to %s", keys.pool_type, keys.group, result.dead, keys.dead)
         items = []
-        for raw in result.raw:
+        for raw, item_id in zip(result.raw, result.ids, strict=True):
             try:
                 items.append(decode_item(raw))
             except MalformedItem as exc:
-                # The Lua check passed but Python rejects it (invalid UTF-8, say):
-                # keep it for the operator rather than lose it.
+                # The Lua check passed but Python rejects it (invalid UTF-8,
+                # say): keep it for the operator, and take back its ack so
+                # that SQL does not get it as consumed.
                 log.error("pool %s group %d: malformed item set aside in %s: %s", keys.pool_type, keys.group, keys.dead, exc)
-                self.store.dead_letter(keys, [raw])
+                self.store.set_aside(keys, item_id, raw)
         return items
 
     # -- acks --------------------------------------------------------------
@@ -123,16 +159,76 @@ class PoolConsumer:
         """
         self._last_flush = time.monotonic()
         flushed = 0
-        for keys, pending in list(self._pending.items()):
-            if pending <= 0:
-                continue
+        for keys in list(self._pending.keys() | self._unconfirmed.keys() | self._suspects.keys()):
             try:
-                flushed += flush_acks(self.store, self.db, keys, self.settings.acks.batch)
+                if self._pending.get(keys, 0) > 0:
+                    done = flush_acks(self.store, self.db, keys, self.settings.acks.batch)
+                    flushed += len(done)
+                    self._pending[keys] = 0
+                else:
+                    done = []
+                self._check_suspects(keys)
+                # Remembered ids this flush did not see were flushed by another
+                # consumer, are still waiting in a long acks list, or lost
+                # their acks with Redis data. The next flush checks which of them SQL
+                # still has as queued.
+                confirmed = set(done)
+                self._suspects[keys] = [item for item in self._unconfirmed.pop(keys, []) if item not in confirmed]
             except ServiceUnavailable as exc:
                 self._warn_flush_failed(keys, exc)
-                continue
-            self._pending[keys] = 0
         return flushed
+
+    def _remember(self, keys: PoolKeys, ids: list[int]) -> None:
+        remembered = self._unconfirmed.setdefault(keys, [])
+        remembered.extend(ids)
+        if len(remembered) > UNCONFIRMED_MAX:
+            del remembered[: len(remembered) - UNCONFIRMED_MAX]
+
+    def _check_suspects(self, keys: PoolKeys) -> None:
+        """Mark consumed the suspects that SQL still has as queued one flush later: their acks were lost."""
+        suspects = self._suspects.get(keys)
+        if not suspects:
+            return
+        lost = self._mark_queued_consumed(keys, suspects)
+        if lost:
+            log.warning(
+                "pool %s group %d: %d popped items lost their acks in Redis; marked consumed from this consumer's memory",
+                keys.pool_type, keys.group, lost,
+            )
+        self._suspects[keys] = []
+
+    def _mark_queued_consumed(self, keys: PoolKeys, ids: list[int]) -> int:
+        statuses = self.db.statuses(keys.pool_type, ids)
+        queued = [item for item in ids if statuses.get(item) == self.settings.status.queued]
+        if queued:
+            self.db.mark_consumed(keys.pool_type, queued)
+        return len(queued)
+
+    def _confirm_in_sql(self) -> None:
+        """Mark every remembered id consumed in SQL now: Redis is down, and its acks may be gone with it."""
+        for keys in list(self._unconfirmed.keys() | self._suspects.keys()):
+            ids = self._unconfirmed.pop(keys, []) + self._suspects.pop(keys, [])
+            try:
+                marked = self._mark_queued_consumed(keys, ids) if ids else 0
+            except ServiceUnavailable as exc:
+                self._unconfirmed.setdefault(keys, []).extend(ids)
+                self._warn_flush_failed(keys, exc)
+                return
+            if marked:
+                log.info(
+                    "pool %s group %d: Redis unreachable, %d popped items marked consumed in SQL directly",
+                    keys.pool_type, keys.group, marked,
+                )
+
+    def _confirm_remaining(self) -> None:
+        # No later flush will check them, so check them now. Those still queued
+        # are mostly in another consumer's flush at this moment, and marking
+        # them consumed twice is harmless.
+        for keys in list(self._suspects.keys()):
+            try:
+                self._mark_queued_consumed(keys, self._suspects.pop(keys))
+            except ServiceUnavailable as exc:
+                self._warn_flush_failed(keys, exc)
 
     def _warn_flush_failed(self, keys: PoolKeys, exc: PoolctlError) -> None:
         now = time.monotonic()
@@ -143,9 +239,10 @@ class PoolConsumer:
     # -- lifecycle ---------------------------------------------------------
 
     def close(self) -> None:
-        """Flush pending acks and close the connections."""
+        """Flush pending acks, confirm the remembered ids in SQL, and close the connections."""
         try:
             self.flush_acks()
+            self._confirm_remaining()
         finally:
             if self._db is not None:
                 self._db.close()

@@ -96,6 +96,10 @@ class WrongKeyType(PoolctlError):
 
     code = "wrong_key_type"
 
+    def __init__(self, message: str, hint: str = "", key: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.key = key
+
 
 class DataError(PoolctlError):
     """Data cannot be stored as it is, such as text the column's character set cannot hold."""

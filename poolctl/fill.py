@@ -10,6 +10,10 @@ Step 2 before 3 means a filler killed between its commit and its push leaves
 ids that reconcile can restore without doubt. Step 3 before 4 means no crash
 can leave an item both in a pool and available in SQL, which is how a filler
 would hand out an item twice.
+
+Before its first batch, a fill that finds ids in the pool's claiming set, or
+no sentinel (Redis lost the pool's state), reconciles the pool under the lock
+it holds: see poolctl.reconcile.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from dataclasses import dataclass, field
 
 from poolctl.acks import flush_acks
 from poolctl.config import Settings
-from poolctl.errors import LockLost, PoolctlError, UnknownGroup
+from poolctl.errors import LockLost, PoolctlError, RedisUnavailable, UnknownGroup, WrongKeyType
 from poolctl.items import encode_item
 from poolctl.keys import PoolKeys, new_owner_token
+from poolctl.reconcile import reconcile_locked
 from poolctl.sql import Database
-from poolctl.store import PoolOverflow, RedisStore
+from poolctl.store import LockedPool, PoolOverflow, RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ class PoolFill:
     # filled, full (nothing needed), locked (another filler holds it),
     # drained (SQL has no more available rows), lock_lost, overflow
     outcome: str = "full"
+    restored: int = 0  # missing items that the reconcile before the fill made available again
+    sentinel_missing: bool = False  # Redis had lost the pool's state
     seconds: float = 0.0
 
 
@@ -59,6 +66,10 @@ class PassResult:
     @property
     def pushed(self) -> int:
         return sum(fill.pushed for fill in self.fills)
+
+    @property
+    def restored(self) -> int:
+        return sum(fill.restored for fill in self.fills)
 
 
 class Filler:
@@ -111,28 +122,32 @@ class Filler:
                 break
             spec = self.settings.pools[keys.pool_type]
             if length.pool < 0 or length.acks < 0:
-                result.wrong_type.append(keys.pool)
+                result.wrong_type.append(keys.pool if length.pool < 0 else keys.acks)
                 continue
             result.lengths[keys] = length.pool
-            if length.pool <= spec.threshold:
-                result.fills.append(self.fill_pool(keys, length.pool))
-            if flush and length.acks > 0:
-                result.acks_flushed += flush_acks(self.store, self.db, keys, self.settings.acks.batch)
+            try:
+                if length.pool <= spec.threshold:
+                    result.fills.append(self.fill_pool(keys, length.pool))
+                if flush and length.acks > 0:
+                    result.acks_flushed += len(flush_acks(self.store, self.db, keys, self.settings.acks.batch))
+            except WrongKeyType as exc:
+                # One damaged pool must not stop the others from being filled.
+                result.wrong_type.append(exc.key or keys.pool)
         result.seconds = time.monotonic() - started
         return result
 
     def fill_pool(self, keys: PoolKeys, length: int) -> PoolFill:
-        """Top one pool up to its size under its fill lock."""
+        """Top one pool up to its size under its fill lock, reconciling it first when it needs that."""
         started = time.monotonic()
         fill = PoolFill(keys.pool_type, keys.group, length, length)
-        locked_length = self.store.acquire_lock(keys, self.token, self.settings.fill.lock_ttl_s)
-        if locked_length is None:
+        locked = self.store.acquire_lock(keys, self.token, self.settings.fill.lock_ttl_s)
+        if locked is None:
             fill.outcome = "locked"
             log.debug("pool %s group %d: lock held by another filler, skipped", keys.pool_type, keys.group)
             return fill
-        fill.length_before = fill.length_after = locked_length
+        fill.length_before = fill.length_after = locked.length
         try:
-            if locked_length <= self.settings.pools[keys.pool_type].threshold:
+            if self._reconcile_first(keys, locked, fill) and locked.length <= self.settings.pools[keys.pool_type].threshold:
                 self._fill_locked(keys, fill)
         finally:
             self._release(keys)
@@ -144,17 +159,45 @@ class Filler:
             )
         return fill
 
+    def _reconcile_first(self, keys: PoolKeys, locked: LockedPool, fill: PoolFill) -> bool:
+        """Restore what crashed fills or a Redis data loss left behind; return False when the lock was lost.
+
+        Only recorded items, and every missing item when the sentinel is gone,
+        are restored: both are safe without asking anyone (see poolctl.reconcile).
+        """
+        if locked.has_sentinel and locked.claims == 0:
+            return True
+        report = reconcile_locked(self.settings, self.store, self.db, keys, self.token, apply=True, include_ambiguous=False)
+        fill.restored = len(report.restored)
+        fill.sentinel_missing = report.sentinel_missing
+        if report.outcome == "lock_lost":
+            fill.outcome = "lock_lost"
+            return False
+        return True
+
     def _fill_locked(self, keys: PoolKeys, fill: PoolFill) -> None:
         spec = self.settings.pools[keys.pool_type]
         ttl_s = self.settings.fill.lock_ttl_s
         length = fill.length_before
 
+        lost_at_record = False
+
         def record(ids: list[int]) -> bool:
-            return self.store.record_claim(keys, self.token, ttl_s, ids)
+            nonlocal lost_at_record
+            lost_at_record = not self.store.record_claim(keys, self.token, ttl_s, ids)
+            return not lost_at_record
 
         while length < spec.size and not self.stop.is_set():
             want = min(spec.size - length, spec.batch)
             rows = self.db.claim(keys.pool_type, keys.group, want, before_commit=record)
+            if lost_at_record:
+                # The claim was rolled back: its rows are still available.
+                fill.outcome = "lock_lost"
+                log.warning(
+                    "pool %s group %d: fill lock expired before the claim was committed; nothing was claimed",
+                    keys.pool_type, keys.group,
+                )
+                return
             if not rows:
                 fill.outcome = "drained" if fill.pushed == 0 else "filled"
                 break
@@ -188,5 +231,8 @@ class Filler:
     def _release(self, keys: PoolKeys) -> None:
         try:
             self.store.release_lock(keys, self.token)
-        except PoolctlError as exc:  # Redis went away, and the lock expires by its TTL
+        except RedisUnavailable as exc:
+            # The caller reports the outage; the lock expires by its TTL.
+            log.debug("pool %s group %d: lock release failed (%s), it expires by TTL", keys.pool_type, keys.group, exc)
+        except PoolctlError as exc:
             log.warning("pool %s group %d: lock release failed (%s), it expires by TTL", keys.pool_type, keys.group, exc)

@@ -8,8 +8,17 @@ in other languages, so their default spelling is fixed:
     {type}:pool:{group}:acks       LIST of ids popped by poolctl consumers, not yet consumed in SQL
     {type}:pool:{group}:claiming   SET of ids a fill committed as queued but has not pushed yet
     {type}:pool:{group}:dead       LIST of malformed items taken out of the pool
+    {type}:pool:{group}:sentinel   STRING, no TTL: the owner token of the filler that last reconciled the pool
+    {type}:pool:{group}:acks_since STRING, ms since the epoch when the pending acks were last flushed
     {type}:pool:{group}:popped:{bucket}  STRING items popped by poolctl consumers in one time bucket, with a TTL
     {type}:pool:{group}:filled:{bucket}  STRING items pushed by fills in one time bucket, with a TTL
+
+The sentinel shows a filler whether Redis still contains the pool's state. Redis
+deletes it together with every other key when it restarts without persistence
+or is flushed. A missing sentinel therefore means that the pool, its acks and
+its claiming set may be gone, so every queued item missing from Redis is safe
+to restore. Deleting a sentinel by hand makes the next fill treat the pool that
+way too.
 
 The two counters are what `poolctl stats` and the metrics compute rates from:
 `{bucket}` is the Unix time divided by RATE_BUCKET_S, rounded down, taken from
@@ -26,6 +35,7 @@ the same Redis Cluster slot, as the Lua scripts that touch several of them need.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from dataclasses import dataclass
@@ -35,8 +45,14 @@ LOCK_SUFFIX = ":filling"
 ACKS_SUFFIX = ":acks"
 CLAIMING_SUFFIX = ":claiming"
 DEAD_SUFFIX = ":dead"
+SENTINEL_SUFFIX = ":sentinel"
+ACKS_SINCE_SUFFIX = ":acks_since"
+# Every key of a pool other than the pool LIST itself and its rate counters
+# ends with one of these.
+COMPANION_SUFFIXES = (LOCK_SUFFIX, ACKS_SUFFIX, CLAIMING_SUFFIX, DEAD_SUFFIX, SENTINEL_SUFFIX, ACKS_SINCE_SUFFIX)
 POPPED_INFIX = ":popped:"
 FILLED_INFIX = ":filled:"
+RATE_COUNTER_END = re.compile(f"(?:{POPPED_INFIX}|{FILLED_INFIX})[0-9]+$")
 
 # Rate counters: one key per pool and bucket, kept until it has left the rate
 # window. The extra two buckets of TTL cover a bucket created late in its
@@ -57,6 +73,8 @@ class PoolKeys:
     acks: str
     claiming: str
     dead: str
+    sentinel: str
+    acks_since: str
 
     def popped(self, bucket: int) -> str:
         """Return the key counting items popped from this pool in one rate bucket."""
@@ -87,17 +105,36 @@ class KeyScheme:
             acks=pool + ACKS_SUFFIX,
             claiming=pool + CLAIMING_SUFFIX,
             dead=pool + DEAD_SUFFIX,
+            sentinel=pool + SENTINEL_SUFFIX,
+            acks_since=pool + ACKS_SINCE_SUFFIX,
         )
 
     def lock_pattern(self) -> str:
         """Return a SCAN MATCH pattern for every fill lock under this scheme."""
         return self.prefix + "*" + POOL_INFIX + "*" + LOCK_SUFFIX
 
+    def pool_pattern(self) -> str:
+        """Return a SCAN MATCH pattern for every key of every pool under this scheme."""
+        return self.prefix + "*" + POOL_INFIX + "*"
+
     def parse_lock_key(self, key: str) -> tuple[str, int] | None:
         """Return (pool type, group) of a lock key, or None when the key is not one."""
         if not key.startswith(self.prefix) or not key.endswith(LOCK_SUFFIX):
             return None
-        base = key[len(self.prefix) : -len(LOCK_SUFFIX)]
+        return self._parse_base(key[len(self.prefix) : -len(LOCK_SUFFIX)])
+
+    def parse_key(self, key: str) -> tuple[str, int] | None:
+        """Return (pool type, group) of a pool key or any of its companion keys, or None for other keys."""
+        if not key.startswith(self.prefix):
+            return None
+        base = RATE_COUNTER_END.sub("", key[len(self.prefix) :])
+        for suffix in COMPANION_SUFFIXES:
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+        return self._parse_base(base)
+
+    def _parse_base(self, base: str) -> tuple[str, int] | None:
         if self.hash_tags:
             if not (base.startswith("{") and base.endswith("}")):
                 return None

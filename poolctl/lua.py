@@ -18,15 +18,49 @@ local function chunked(command, key, first, last)
 end
 """
 
-# KEYS: lock, pool. ARGV: token, ttl_ms. Takes the lock if it is free and
-# returns the pool's length read under the lock, or -1 when another owner has
-# the lock. A length read before taking the lock may be stale, because another
-# filler can fill the pool and release the lock in between.
-ACQUIRE_LOCK = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('LLEN', KEYS[2])
+# Shared helper: the id of a pool entry as a decimal string, or nil when the
+# entry is not {"id": <integer>, "text": <string>}. It accepts exactly what
+# poolctl.items.decode_item accepts, except for text that is not valid UTF-8,
+# which cjson passes and Python rejects. The id must be written as plain
+# digits, because cjson reads 1e3 and 1000.0 as the integer 1000 while Python
+# and Go do not.
+_ITEM_ID = """
+local function item_id(value)
+  local ok, item = pcall(cjson.decode, value)
+  if not ok or type(item) ~= 'table' then
+    return nil
+  end
+  local id = item['id']
+  if type(id) ~= 'number' or id < 0 or id ~= math.floor(id) or id >= 9007199254740992
+      or type(item['text']) ~= 'string' then
+    return nil
+  end
+  local digits = string.format('%d', id)
+  if not string.find(value, '"id"%s*:%s*' .. digits .. '%s*[,}]') then
+    return nil
+  end
+  return digits
 end
-return -1
+"""
+
+# KEYS: lock, pool, claiming, sentinel. ARGV: token, ttl_ms.
+# Takes the lock if it is free and returns, read under the lock, {pool length,
+# size of the claiming set, 1 if the sentinel exists else 0}: a length read
+# before the lock may be stale, because another filler can fill the pool and
+# release in between. Returns -1 when another owner holds the lock. A pool or
+# claiming key of the wrong type gives the lock back and fails with WRONGTYPE,
+# so that a failed acquire never leaves a lock behind.
+ACQUIRE_LOCK = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return -1
+end
+local length = redis.pcall('LLEN', KEYS[2])
+local claims = redis.pcall('SCARD', KEYS[3])
+if type(length) == 'table' or type(claims) == 'table' then
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply('WRONGTYPE a key of this pool holds the wrong kind of value')
+end
+return {length, claims, redis.call('EXISTS', KEYS[4])}
 """
 
 # KEYS: lock. ARGV: token. Returns 1 when the caller owned the lock and removed it.
@@ -98,14 +132,16 @@ return length + n
 """
 )
 
-# KEYS: pool, acks, dead, popped counter. ARGV: count, counter_ttl_s
+# KEYS: pool, acks, dead, acks_since, popped counter. ARGV: count, now_ms, counter_ttl_s
 # Pops up to count items and records each one's id in acks in the same step,
 # so an item a poolctl consumer takes is never without its ack, and counts the
-# items in the popped counter. Entries that are not {"id": <integer>, "text":
-# <string>} go to the dead-letter list instead of to the caller.
-# Returns {items, acks length, dead-lettered, pool length}.
+# items in the popped counter. Entries that are not valid items go to the
+# dead-letter list instead of to the caller. When acks was empty before,
+# acks_since gets now_ms, so that an audit can tell how long acks have waited
+# for a flush. Returns {items, their ids, acks length, dead-lettered, pool length}.
 POP = (
-    _COUNT
+    _ITEM_ID
+    + _COUNT
     + """
 local want = tonumber(ARGV[1])
 local items, ids, bad = {}, {}, 0
@@ -115,53 +151,72 @@ while #items < want do
     break
   end
   for _, value in ipairs(raw) do
-    local ok, item = pcall(cjson.decode, value)
-    local id = ok and type(item) == 'table' and item['id']
-    if type(id) == 'number' and id >= 0 and id == math.floor(id) and id < 9007199254740992
-        and type(item['text']) == 'string' then
+    local id = item_id(value)
+    if id then
       items[#items + 1] = value
-      ids[#ids + 1] = string.format('%d', id)
+      ids[#ids + 1] = id
     else
       redis.call('LPUSH', KEYS[3], value)
       bad = bad + 1
     end
   end
 end
-local acks
-if #ids > 0 then
-  acks = redis.call('LPUSH', KEYS[2], unpack(ids))
-  count(KEYS[4], #ids, ARGV[2])
-else
-  acks = redis.call('LLEN', KEYS[2])
+local acks = redis.call('LLEN', KEYS[2])
+if #ids > 0 and acks == 0 then
+  redis.call('SET', KEYS[4], ARGV[2])
 end
-return {items, acks, bad, redis.call('LLEN', KEYS[1])}
+for i = 1, #ids, 1000 do
+  acks = redis.call('LPUSH', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
+end
+if #ids > 0 then
+  count(KEYS[5], #ids, ARGV[3])
+end
+return {items, ids, acks, bad, redis.call('LLEN', KEYS[1])}
 """
 )
 
-# KEYS: acks. ARGV: the ids an ack flush read from the tail, in LRANGE order.
-# Removes exactly those ids after SQL has them as consumed. When another
-# flusher got there first the tail differs, and ids are removed one by one.
-# LREM cannot remove a newer ack, because an id is pushed to acks only by the
-# pop that took its item, and a fill never queues an item twice.
+# KEYS: acks, dead. ARGV: id, entry
+# Sets aside a popped entry that Python could not decode although POP
+# accepted it: its ack is removed, so that the row is not marked consumed for
+# an item no consumer received, and the entry goes to the dead-letter list.
+SET_ASIDE = """
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: acks, acks_since. ARGV: now_ms, then the ids an ack flush read from
+# the tail, in LRANGE order. Removes exactly those ids after SQL has them as
+# consumed. When another flusher got there first the tail differs, and ids are
+# removed one by one. LREM cannot remove a newer ack, because an id is pushed
+# to acks only by the pop that took its item, and an item is queued again only
+# after reconcile found it in no pool and no acks list. Afterwards acks_since
+# is now_ms, or gone when acks is empty.
 TRIM_ACKS = """
-local n = #ARGV
+local n = #ARGV - 1
 local tail = redis.call('LRANGE', KEYS[1], -n, -1)
 local same = #tail == n
 if same then
   for i = 1, n do
-    if tail[i] ~= ARGV[i] then
+    if tail[i] ~= ARGV[i + 1] then
       same = false
       break
     end
   end
 end
+local removed = 0
 if same then
   redis.call('LTRIM', KEYS[1], 0, -n - 1)
-  return n
+  removed = n
+else
+  for i = 1, n do
+    removed = removed + redis.call('LREM', KEYS[1], -1, ARGV[i + 1])
+  end
 end
-local removed = 0
-for i = 1, n do
-  removed = removed + redis.call('LREM', KEYS[1], -1, ARGV[i])
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[1])
 end
 return removed
 """
@@ -179,4 +234,73 @@ for i, key in ipairs(KEYS) do
   end
 end
 return out
+"""
+
+# KEYS: lock, pool, acks, claiming, sentinel. ARGV: token, ttl_ms
+# Reads a pool's state in one step, so that no pop can move an item from the
+# pool to acks between the reads: {pool ids, acks, claiming ids, entries that
+# are not valid items, 1 if the sentinel exists else 0}. Pool ids come in
+# list order and keep duplicates. With a token, the read happens only while the
+# caller owns the lock (which it extends); -1 otherwise. An empty token reads
+# without a lock, for the audit.
+#
+# Entries that start the way poolctl writes them ({"id":N,"text":") are read
+# by that prefix alone: decoding every 9 KB body of a full pool would block
+# Redis for a noticeable time. Other entries are fully decoded.
+READ_POOL = (
+    _ITEM_ID
+    + """
+if ARGV[1] ~= '' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return -1
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local ids, malformed = {}, 0
+local length = redis.call('LLEN', KEYS[2])
+local step = 200
+for first = 0, length - 1, step do
+  for _, value in ipairs(redis.call('LRANGE', KEYS[2], first, first + step - 1)) do
+    local id = string.match(value, '^{"id":(%d+),"text":"')
+    if not id then
+      id = item_id(value)
+    end
+    if id then
+      ids[#ids + 1] = id
+    else
+      malformed = malformed + 1
+    end
+  end
+end
+return {ids, redis.call('LRANGE', KEYS[3], 0, -1), redis.call('SMEMBERS', KEYS[4]), malformed,
+        redis.call('EXISTS', KEYS[5])}
+"""
+)
+
+# KEYS: lock, claiming. ARGV: token, ttl_ms, id...
+# Removes ids from the claiming set and extends the lock, only while the
+# caller owns the lock. Returns 1, or 0 when the lock is not the caller's.
+FORGET_CLAIMS = (
+    _CHUNKED
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if #ARGV >= 3 then
+  chunked('SREM', KEYS[2], 3, #ARGV)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+)
+
+# KEYS: lock, sentinel. ARGV: token
+# Marks the pool as reconciled since Redis last lost its data, only while the
+# caller owns the lock. Returns 1, or 0 when the lock is not the caller's.
+SET_SENTINEL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
 """

@@ -3,6 +3,10 @@
 Texts are slices of a random corpus built once from a word list, so a million
 rows cost a second or two to make. Short texts (titles) are 15 to 40
 characters, long ones (bodies) 300 to 3000, spread over groups and batches.
+
+Two words hold characters beyond U+FFFF, which take 4 bytes in UTF-8, as
+real Chinese text does now and then: the calligrapher 赵孟𫖯 and the dental
+term 𬌗面. A column in utf8mb3 cannot store them.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ WORDS = (
     "我们 他们 今天 明天 昨天 如何 为什么 什么 这个 那个 一个 重要 新的 最好 更多 全面 快速 稳定 "
     "提升 推动 加强 完善 实现 建设 改革 开放 增长 变化 趋势 机会 挑战 经验 知识 方案 指南 入门 "
     "深度 解读 观察 评论 专题 访谈 回顾 展望 年度 季度 北京 上海 广州 深圳 杭州 成都 武汉 西安 "
-    "长江 黄河 高铁 航天 芯片 软件 手机 电脑 汽车 电池 机器人 云计算 大数据 人工智能 区块链"
+    "长江 黄河 高铁 航天 芯片 软件 手机 电脑 汽车 电池 机器人 云计算 大数据 人工智能 区块链 "
+    "赵孟𫖯 𬌗面"
 ).split()
+FOUR_BYTE_EXAMPLE = "𫖯"  # one of the characters beyond U+FFFF in WORDS
 PUNCTUATION = "，，，。。、；！？"
 SHORT_LENGTHS = (15, 40)
 LONG_LENGTHS = (300, 3000)

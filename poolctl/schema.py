@@ -1,4 +1,4 @@
-"""`db init`: create the pool tables with their fill index, and load sample rows."""
+"""`db init` and `db check`: create the pool tables with their fill index, load sample rows, check a schema."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from poolctl.config import Settings
-from poolctl.sample import sample_rows
+from poolctl.config import PoolTypeSettings, Settings
+from poolctl.doctor import FULL_UNICODE_CHARSETS, Check, DoctorReport, table_checks
+from poolctl.errors import DataError
+from poolctl.sample import FOUR_BYTE_EXAMPLE, sample_rows
 from poolctl.sql import Database, QueryPlan
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ def init_database(
             )
         count = (samples or {}).get(pool_type, 0)
         if count:
+            _check_sample_charset(db, pool_type, spec)
             started = time.monotonic()
             rows = sample_rows(spec, count, groups, batches, seed)
             for chunk_end in _chunk_ends(count):
@@ -68,6 +71,48 @@ def init_database(
             log.info("table %s: %d sample rows inserted in %.1fs", spec.table, result.inserted, result.seconds)
         results.append(result)
     return results
+
+
+def _check_sample_charset(db: Database, pool_type: str, spec: PoolTypeSettings) -> None:
+    # Checked before the first insert: samples go in over several transactions,
+    # and a failure halfway would leave part of them behind.
+    charset = db.text_column(pool_type).charset
+    if charset is not None and charset.lower() not in FULL_UNICODE_CHARSETS:
+        raise DataError(
+            f"column {spec.table}.{spec.text_column} uses {charset}, which cannot store the 4-byte characters "
+            f"that sample texts contain, such as {FOUR_BYTE_EXAMPLE} (U+{ord(FOUR_BYTE_EXAMPLE):X}); nothing was inserted",
+            f"Convert the table to utf8mb4 (ALTER TABLE {spec.table} CONVERT TO CHARACTER SET utf8mb4)",
+        )
+
+
+def check_database(settings: Settings, db: Database, pool_types: list[str] | None = None) -> DoctorReport:
+    """Check each pool type's table as `poolctl doctor` does, and that every row has a configured status.
+
+    The table checks are doctor's: columns present, fill index used without a
+    sort, and a text character set that stores 4-byte characters.
+    """
+    checks: list[Check] = []
+    for pool_type in pool_types or list(settings.pools):
+        settings.pool(pool_type)  # raises UnknownPoolType
+        found = list(table_checks(db, pool_type))
+        checks.extend(found)
+        if found[0].status == "ok":
+            checks.append(_status_check(settings, db, pool_type))
+    return DoctorReport(checks)
+
+
+def _status_check(settings: Settings, db: Database, pool_type: str) -> Check:
+    spec = settings.pools[pool_type]
+    others = sum(counts.other for counts in db.state_counts(pool_type).values())
+    if not others:
+        return Check(f"status {pool_type}", "ok", f"every row of {spec.table} is available, queued or consumed")
+    status = settings.status
+    return Check(
+        f"status {pool_type}", "fail",
+        f"{others} rows of {spec.table} have a {spec.status_column} that is none of available ({status.available}), "
+        f"queued ({status.queued}) and consumed ({status.consumed}); fill and pop ignore them",
+        "Check [status] in the config, or fix the rows",
+    )
 
 
 def _chunk_ends(count: int) -> Iterator[int]:

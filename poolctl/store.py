@@ -24,8 +24,16 @@ from poolctl.keys import RATE_COUNTER_TTL_S, KeyScheme, PoolKeys, rate_bucket
 log = logging.getLogger(__name__)
 
 URL_HINT = "Check redis.url (--redis-url, POOLCTL_REDIS_URL) and that the server is running"
-EXPECTED_TYPES = {"pool": "list", "acks": "list", "dead": "list", "claiming": "set", "lock": "string"}
+EXPECTED_TYPES = {
+    "pool": "list", "acks": "list", "dead": "list", "claiming": "set", "lock": "string", "sentinel": "string",
+    "acks_since": "string",
+}
 SCAN_COUNT = 1000
+# Replies of a Redis that is up but cannot serve writes for now: loading its
+# data after a restart, a read-only replica after a failover, a failed
+# background save with stop-writes-on-bgsave-error, a script that runs too
+# long. Callers treat them like an unreachable server and retry later.
+UNAVAILABLE_REPLIES = ("READONLY", "LOADING", "MISCONF", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
 
 
 class PoolOverflow(PoolctlError):
@@ -43,13 +51,45 @@ class PoolLengths:
 
 
 @dataclass(frozen=True, slots=True)
+class LockedPool:
+    """A pool as its new lock owner found it: read in the same step that took the lock."""
+
+    length: int
+    claims: int  # ids in the claiming set: a fill committed them and never pushed them
+    has_sentinel: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    """The ids in a pool, its acks and its claiming set, read in one atomic step."""
+
+    pool_ids: list[int]  # in list order, duplicates kept
+    acks: list[bytes]  # raw entries, normally decimal ids
+    claiming: list[bytes]  # raw members, normally decimal ids
+    malformed: int  # pool entries that are not valid items
+    has_sentinel: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PopResult:
-    """The result of one pop step: raw JSON items and the lengths after it."""
+    """The result of one pop step: raw JSON items, their ids and the lengths after it."""
 
     raw: list[bytes]
+    ids: list[int]
     acks: int
     dead: int
     remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDetails:
+    """A pool's lock, dead letters and acks, as the audit reads them."""
+
+    lock_owner: str | None
+    lock_ttl_ms: int | None  # -1: the lock has no TTL
+    dead: int
+    acks: int
+    acks_since_ms: int | None  # Unix ms when pending acks were last flushed, or when the first one arrived
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +134,10 @@ class RedisStore:
         self._pop = client.register_script(lua.POP)
         self._trim_acks = client.register_script(lua.TRIM_ACKS)
         self._lengths = client.register_script(lua.LENGTHS)
+        self._read_pool = client.register_script(lua.READ_POOL)
+        self._forget_claims = client.register_script(lua.FORGET_CLAIMS)
+        self._set_sentinel = client.register_script(lua.SET_SENTINEL)
+        self._set_aside = client.register_script(lua.SET_ASIDE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
@@ -113,6 +157,8 @@ class RedisStore:
         except redis.ResponseError as exc:
             if "WRONGTYPE" in str(exc) and keys is not None:
                 raise self._wrong_type(keys) from None
+            if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith(UNAVAILABLE_REPLIES):
+                raise RedisUnavailable(f"Redis at {self.masked_url} cannot serve writes now: {exc}", URL_HINT) from None
             if str(exc).startswith(("NOAUTH", "WRONGPASS", "invalid password")):
                 raise RedisUnavailable(f"Redis at {self.masked_url} rejected the login: {exc}", URL_HINT) from None
             raise
@@ -128,8 +174,9 @@ class RedisStore:
                 return WrongKeyType(
                     f"Redis key {key} holds a {found}, but poolctl keeps a {EXPECTED_TYPES[role]} there",
                     f"Inspect it (redis-cli TYPE {key}), then rename or delete it; poolctl does not touch it",
+                    key,
                 )
-        return WrongKeyType(f"a key of pool {keys.pool} has the wrong type", "Check its keys with redis-cli TYPE")
+        return WrongKeyType(f"a key of pool {keys.pool} has the wrong type", "Check its keys with redis-cli TYPE", keys.pool)
 
     def ping(self) -> None:
         with self.errors():
@@ -155,11 +202,14 @@ class RedisStore:
 
     # -- fill locks --------------------------------------------------------
 
-    def acquire_lock(self, keys: PoolKeys, token: str, ttl_s: float) -> int | None:
-        """Take the pool's fill lock; return the pool length read under it, or None when it is held."""
+    def acquire_lock(self, keys: PoolKeys, token: str, ttl_s: float) -> LockedPool | None:
+        """Take the pool's fill lock; return the pool as read under it, or None when the lock is held."""
         with self.errors(keys):
-            length = int(self._acquire(keys=[keys.lock, keys.pool], args=[token, _ms(ttl_s)]))
-        return None if length < 0 else length
+            reply = self._acquire(keys=[keys.lock, keys.pool, keys.claiming, keys.sentinel], args=[token, _ms(ttl_s)])
+        if not isinstance(reply, list):
+            return None
+        length, claims, sentinel = (int(value) for value in reply)
+        return LockedPool(length, claims, bool(sentinel))
 
     def extend_lock(self, keys: PoolKeys, token: str, ttl_s: float) -> bool:
         with self.errors(keys):
@@ -197,6 +247,58 @@ class RedisStore:
             result.append(LockInfo(pool_type, group, key, owner.decode(errors="replace"), ttl_s))
         return sorted(result, key=lambda lock: (lock.pool_type, lock.group))
 
+    def pools_in_redis(self) -> set[tuple[str, int]]:
+        """Return (pool type, group) of every pool that has any key in Redis under this key scheme."""
+        with self.errors():
+            return {
+                parsed
+                for raw_key in self.client.scan_iter(match=self.scheme.pool_pattern(), count=SCAN_COUNT)
+                if (parsed := self.scheme.parse_key(raw_key.decode(errors="replace"))) is not None
+            }
+
+    def wrong_types(self, pools: Sequence[PoolKeys]) -> list[tuple[PoolKeys, str, str]]:
+        """Return (pool, key, type found) for every key of these pools whose type is not the one poolctl keeps there."""
+        roles = list(EXPECTED_TYPES)
+        with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            for keys in pools:
+                for role in roles:
+                    pipe.type(getattr(keys, role))
+            replies = pipe.execute()
+        wrong = []
+        for index, keys in enumerate(pools):
+            for offset, role in enumerate(roles):
+                found = replies[index * len(roles) + offset]
+                found = found.decode() if isinstance(found, bytes) else str(found)
+                if found not in ("none", EXPECTED_TYPES[role]):
+                    wrong.append((keys, getattr(keys, role), found))
+        return wrong
+
+    def pool_details(self, pools: Sequence[PoolKeys]) -> list[PoolDetails]:
+        """Return the lock, dead-letter count and acks age of each pool, in one round trip."""
+        with self.errors():
+            pipe = self.client.pipeline(transaction=False)
+            for keys in pools:
+                pipe.get(keys.lock)
+                pipe.pttl(keys.lock)
+                pipe.llen(keys.dead)
+                pipe.llen(keys.acks)
+                pipe.get(keys.acks_since)
+            replies = pipe.execute(raise_on_error=False)
+        details = []
+        for index in range(len(pools)):
+            owner, ttl_ms, dead, acks, since = replies[5 * index : 5 * index + 5]
+            details.append(
+                PoolDetails(
+                    lock_owner=owner.decode(errors="replace") if isinstance(owner, bytes) else None,
+                    lock_ttl_ms=ttl_ms if isinstance(ttl_ms, int) else None,
+                    dead=dead if isinstance(dead, int) else 0,
+                    acks=acks if isinstance(acks, int) else 0,
+                    acks_since_ms=int(since) if isinstance(since, bytes) and since.isdigit() else None,
+                )
+            )
+        return details
+
     # -- fill --------------------------------------------------------------
 
     def record_claim(self, keys: PoolKeys, token: str, ttl_s: float, ids: Sequence[int]) -> bool:
@@ -216,14 +318,49 @@ class RedisStore:
             raise PoolOverflow(f"pushing {len(ids)} items would take {keys.pool} past its size {size}", "")
         return result
 
+    # -- reconcile ---------------------------------------------------------
+
+    def read_pool(self, keys: PoolKeys, token: str | None = None, ttl_s: float = 0.0) -> PoolSnapshot:
+        """Read the pool's ids, acks and claiming set in one atomic step.
+
+        With a token, read only while the caller owns the lock (extending it to
+        ttl_s) and raise LockLost otherwise; without one, read regardless.
+        """
+        with self.errors(keys):
+            reply = self._read_pool(
+                keys=[keys.lock, keys.pool, keys.acks, keys.claiming, keys.sentinel], args=[token or "", _ms(ttl_s)]
+            )
+        if not isinstance(reply, list):
+            raise LockLost(f"fill lock {keys.lock} was lost before the pool could be read", "Run reconcile again")
+        pool_ids, acks, claiming, malformed, sentinel = reply
+        return PoolSnapshot([int(value) for value in pool_ids], list(acks), list(claiming), int(malformed), bool(sentinel))
+
+    def forget_claims(self, keys: PoolKeys, token: str, ttl_s: float, ids: Sequence[int]) -> bool:
+        """Remove ids from the claiming set and extend the lock; False when the lock is no longer the caller's."""
+        with self.errors(keys):
+            return bool(self._forget_claims(keys=[keys.lock, keys.claiming], args=[token, _ms(ttl_s), *ids]))
+
+    def set_sentinel(self, keys: PoolKeys, token: str) -> bool:
+        """Mark the pool reconciled since Redis last lost its data; False when the lock is not the caller's."""
+        with self.errors(keys):
+            return bool(self._set_sentinel(keys=[keys.lock, keys.sentinel], args=[token]))
+
     # -- consume -----------------------------------------------------------
 
     def pop(self, keys: PoolKeys, count: int) -> PopResult:
         """Pop up to count items, record their ids in acks and count them for the pop rate, atomically."""
         popped = keys.popped(rate_bucket(time.time()))
         with self.errors(keys):
-            raw, acks, dead, remaining = self._pop(keys=[keys.pool, keys.acks, keys.dead, popped], args=[count, RATE_COUNTER_TTL_S])
-        return PopResult(list(raw), int(acks), int(dead), int(remaining))
+            raw, ids, acks, dead, remaining = self._pop(
+                keys=[keys.pool, keys.acks, keys.dead, keys.acks_since, popped],
+                args=[count, _now_ms(), RATE_COUNTER_TTL_S],
+            )
+        return PopResult(list(raw), [int(value) for value in ids], int(acks), int(dead), int(remaining))
+
+    def set_aside(self, keys: PoolKeys, item_id: int, raw: bytes) -> None:
+        """Move a popped entry that cannot be decoded to the dead-letter list and drop its ack."""
+        with self.errors(keys):
+            self._set_aside(keys=[keys.acks, keys.dead], args=[item_id, raw])
 
     def read_acks(self, keys: PoolKeys, limit: int) -> list[bytes]:
         """Return up to limit of the oldest acks (the tail of the list), oldest last."""
@@ -235,7 +372,7 @@ class RedisStore:
         if not raw_ids:
             return 0
         with self.errors(keys):
-            return int(self._trim_acks(keys=[keys.acks], args=list(raw_ids)))
+            return int(self._trim_acks(keys=[keys.acks, keys.acks_since], args=[_now_ms(), *raw_ids]))
 
     def dead_letter(self, keys: PoolKeys, values: Sequence[bytes]) -> None:
         with self.errors(keys):
@@ -244,3 +381,7 @@ class RedisStore:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

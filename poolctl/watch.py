@@ -4,11 +4,18 @@ Between passes the loop sleeps `fill.interval_s`, or less when a pool drains
 fast enough to reach its threshold sooner. It estimates each pool's drain rate
 from the lengths of consecutive passes and wakes at half the projected time to
 threshold, but never more often than every `fill.min_interval_s`.
+
+When Redis or SQL cannot be reached, the loop logs one warning, then probes
+the service with a backoff from BACKOFF_START_S doubling up to BACKOFF_MAX_S,
+and logs one line when it responds again. Fill passes resume once every
+service is back. A pool whose state Redis lost is reconciled by its next fill
+(see poolctl.fill), and the loop reports that once per pass.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -26,7 +33,10 @@ from poolctl.store import RedisStore
 log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 10.0
+# Each backoff wait is scaled by a random factor in 1 +- BACKOFF_JITTER, so that
+# several fillers do not all retry at the same moment.
+BACKOFF_JITTER = 0.2
 
 
 class WatchEvents(Protocol):
@@ -65,7 +75,8 @@ class Watcher:
         self.targets: list[PoolKeys] = []
         self._next_discover = 0.0
         self._samples: dict[PoolKeys, _Sample] = {}
-        self._down: dict[str, str] = {}  # service name -> first error message, while it is down
+        self._down: dict[str, float] = {}  # service name -> when it went down (monotonic), while it is down
+        self._wrong_type: set[str] = set()  # keys already reported as holding the wrong type
         self.passes = 0
 
     def run(self) -> None:
@@ -74,12 +85,13 @@ class Watcher:
         backoff = BACKOFF_START_S
         while not self.stop.is_set():
             try:
+                self._probe_down_services()
                 result = self.run_once()
             except ServiceUnavailable as exc:
                 self._service_down(exc)
                 if self.events is not None:
                     self.events.pass_failed(exc)
-                self.stop.wait(backoff)
+                self.stop.wait(backoff * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             backoff = BACKOFF_START_S
@@ -99,10 +111,30 @@ class Watcher:
             self._next_discover = now + self.settings.fill.discover_interval_s
         result = self.filler.run_pass(self.targets)
         self.passes += 1
-        self._services_up()
-        for key in result.wrong_type:
-            log.error("pool %s is not a list; it is skipped until fixed (see poolctl stats)", key)
+        self._report(result)
         return result
+
+    def _report(self, result: PassResult) -> None:
+        recovered = [fill for fill in result.fills if fill.sentinel_missing]
+        if recovered:
+            restored = sum(fill.restored for fill in recovered)
+            log.log(
+                logging.WARNING if restored else logging.INFO,
+                "%d pools had no sentinel: Redis lost their state (a restart without persistence or a flush), "
+                "or poolctl never filled them; reconciled before filling, %d missing items restored",
+                len(recovered), restored,
+            )
+        crashed = [fill for fill in result.fills if fill.restored and not fill.sentinel_missing]
+        if crashed:
+            log.warning(
+                "%d pools held items that a crashed or expired fill had claimed; %d of them restored",
+                len(crashed), sum(fill.restored for fill in crashed),
+            )
+        for key in sorted(set(result.wrong_type) - self._wrong_type):
+            log.error("Redis key %s has the wrong type; its pool is skipped until it is fixed (see poolctl audit)", key)
+        for key in sorted(self._wrong_type - set(result.wrong_type)):
+            log.info("Redis key %s has the right type again; its pool is filled again", key)
+        self._wrong_type = set(result.wrong_type)
 
     def next_wait(self, result: PassResult) -> float:
         """Seconds until the next pass: the interval, or sooner for a pool that drains fast."""
@@ -131,13 +163,17 @@ class Watcher:
         elif isinstance(exc, DatabaseUnavailable):
             name = "SQL"
         if name not in self._down:
-            self._down[name] = exc.message
-            log.warning("%s is unavailable, retrying with backoff: %s", name, exc.message)
+            self._down[name] = time.monotonic()
+            log.warning("%s is unavailable, fill passes paused and retried with backoff: %s", name, exc.message)
 
-    def _services_up(self) -> None:
+    def _probe_down_services(self) -> None:
+        """Check each service that was down; log each one that responds again, raise for the first that does not."""
+        probes = {"Redis": self.filler.store.ping, "SQL": self.filler.db.ping}
         for name in list(self._down):
-            del self._down[name]
-            log.warning("%s is back; fill passes resumed", name)
+            probe = probes.get(name)
+            if probe is not None:
+                probe()
+            log.warning("%s is back after %.1fs; fill passes resumed", name, time.monotonic() - self._down.pop(name))
 
     def _final_flush(self) -> None:
         flushed = 0
@@ -145,7 +181,7 @@ class Watcher:
             lengths = self.filler.store.lengths(self.targets)
             for keys, length in zip(self.targets, lengths, strict=True):
                 if length.acks > 0:
-                    flushed += flush_acks(self.filler.store, self.filler.db, keys, self.settings.acks.batch)
+                    flushed += len(flush_acks(self.filler.store, self.filler.db, keys, self.settings.acks.batch))
         except ServiceUnavailable as exc:
             log.warning("final ack flush failed, acks stay in Redis for the next flush: %s", exc.message)
         if flushed:

@@ -194,7 +194,7 @@ def test_locks_list_and_flush(loaded: dict[str, str], tmp_path: Path, key_prefix
 
 
 def test_every_command_has_help(env: dict[str, str], tmp_path: Path) -> None:
-    for command in (["fill"], ["pop"], ["stats"], ["locks"], ["db", "init"]):
+    for command in (["fill"], ["pop"], ["stats"], ["locks"], ["db", "init"], ["db", "check"], ["reconcile"], ["audit"]):
         result = run([*command, "--help"], env, tmp_path)
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout

@@ -38,9 +38,9 @@ def assert_plain(result: subprocess.CompletedProcess[str]) -> None:
 
 def test_every_command_json_shape(loaded: dict[str, str], tmp_path: Path, key_prefix: str) -> None:
     fill = json_of(run(["fill", "--json"], loaded, tmp_path))
-    assert set(fill) == {"pools", "pools_checked", "pushed", "acks_flushed", "wrong_type", "seconds"}
+    assert set(fill) == {"pools", "pools_checked", "pushed", "restored", "acks_flushed", "wrong_type", "seconds"}
     assert {key for row in fill["pools"] for key in row} == {  # type: ignore[union-attr]
-        "pool_type", "group", "length_before", "length_after", "pushed", "outcome", "seconds"}
+        "pool_type", "group", "length_before", "length_after", "pushed", "outcome", "restored", "seconds"}
 
     pop = json_of(run(["pop", "titles", "--group", "1", "--count", "2", "--json"], loaded, tmp_path))
     assert set(pop) == {"pool_type", "group", "items"}
@@ -52,6 +52,22 @@ def test_every_command_json_shape(loaded: dict[str, str], tmp_path: Path, key_pr
 
     check = json_of(run(["check", "--json"], loaded, tmp_path))
     assert check == {"status": "ok", "checked": 6, "low": []}
+
+    reconciled = json_of(run(["reconcile", "--json"], loaded, tmp_path))
+    assert set(reconciled) == {"applied", "restored", "pools"}
+    assert [set(row) for row in reconciled["pools"]] == [{  # type: ignore[union-attr]
+        "pool_type", "group", "outcome", "sentinel_missing", "queued", "in_pool", "in_acks", "missing", "recorded",
+        "ambiguous", "lost", "restored", "claims_dropped", "malformed", "message", "ids", "seconds"}] * 6
+    assert {key for row in reconciled["pools"] for key in row["ids"]} == {  # type: ignore[union-attr,index]
+        "recorded", "ambiguous", "lost", "restored"}
+
+    audited = json_of(run(["audit", "--json"], loaded, tmp_path))
+    assert set(audited) == {"ok", "pools_checked", "errors", "warnings", "findings", "seconds"}
+    assert audited["findings"] == []
+
+    schema = json_of(run(["db", "check", "--json"], loaded, tmp_path))
+    assert set(schema) == {"ok", "failed", "warnings", "checks"}
+    assert {key for row in schema["checks"] for key in row} == {"name", "status", "message", "hint"}  # type: ignore[union-attr]
 
     redis.Redis.from_url(REDIS_URL).set(f"{key_prefix}titles:pool:3:filling", "host:1:abc", px=60_000)
     locks = json_of(run(["locks", "--json"], loaded, tmp_path))

@@ -47,7 +47,8 @@ def documented(readme: Path) -> set[str]:
 
 
 def test_commands_are_the_expected_set() -> None:
-    assert set(leaf_commands()) >= {"fill", "pop", "stats", "locks", "doctor", "import", "check", "db init"}
+    assert set(leaf_commands()) >= {"fill", "pop", "stats", "locks", "doctor", "import", "check", "db init",
+                                    "db check", "reconcile", "audit"}
 
 
 @pytest.mark.parametrize("name", sorted(leaf_commands()))

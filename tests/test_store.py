@@ -8,7 +8,7 @@ import pytest
 
 from poolctl.errors import LockLost, WrongKeyType
 from poolctl.items import encode_item
-from poolctl.store import PoolOverflow
+from poolctl.store import LockedPool, PoolOverflow
 
 from conftest import Backend
 
@@ -26,20 +26,33 @@ def push_items(backend: Backend, ids: list[int], token: str = "me", size: int = 
 def test_lock_only_owner_releases(redis_backend: Backend) -> None:
     store = redis_backend.store
     keys = store.keys("titles", 1)
-    assert store.acquire_lock(keys, "owner-a", 10) == 0
+    assert store.acquire_lock(keys, "owner-a", 10) == LockedPool(0, 0, False)
     assert store.acquire_lock(keys, "owner-b", 10) is None
     assert not store.release_lock(keys, "owner-b")
     assert not store.extend_lock(keys, "owner-b", 10)
     assert store.extend_lock(keys, "owner-a", 10)
     assert store.release_lock(keys, "owner-a")
-    assert store.acquire_lock(keys, "owner-b", 10) == 0
+    assert store.acquire_lock(keys, "owner-b", 10) == LockedPool(0, 0, False)
 
 
-def test_lock_returns_length_under_lock(redis_backend: Backend) -> None:
+def test_lock_returns_pool_state_under_lock(redis_backend: Backend) -> None:
+    store = redis_backend.store
+    client = redis_backend.redis_client
+    keys = store.keys("titles", 1)
+    client.lpush(keys.pool, b"a", b"b")
+    client.sadd(keys.claiming, b"7", b"8", b"9")
+    client.set(keys.sentinel, b"someone")
+    assert store.acquire_lock(keys, "owner-a", 10) == LockedPool(length=2, claims=3, has_sentinel=True)
+
+
+def test_lock_not_left_on_wrong_type_pool(redis_backend: Backend) -> None:
     store = redis_backend.store
     keys = store.keys("titles", 1)
-    redis_backend.redis_client.lpush(keys.pool, b"a", b"b")
-    assert store.acquire_lock(keys, "owner-a", 10) == 2
+    redis_backend.redis_client.set(keys.pool, b"a string")
+    with pytest.raises(WrongKeyType) as caught:
+        store.acquire_lock(keys, "owner-a", 10)
+    assert caught.value.key == keys.pool
+    assert redis_backend.redis_client.exists(keys.lock) == 0
 
 
 def test_lock_always_has_ttl(redis_backend: Backend) -> None:
@@ -104,6 +117,7 @@ def test_pop_records_ack_atomically(redis_backend: Backend) -> None:
     push_items(redis_backend, [10, 11, 12])
     result = store.pop(keys, 2)
     assert [json.loads(raw)["id"] for raw in result.raw] == [10, 11]
+    assert result.ids == [10, 11]
     assert result.acks == 2
     assert result.remaining == 1
     assert redis_backend.redis_client.lrange(keys.acks, 0, -1) == [b"11", b"10"]
@@ -119,7 +133,9 @@ def test_pop_empty_pool_returns_nothing(redis_backend: Backend) -> None:
 @pytest.mark.parametrize(
     "bad",
     [b"not json", b"[1, 2]", b'{"text": "no id"}', b'{"id": "7", "text": "string id"}', b'{"id": 7}',
-     b'{"id": -1, "text": "negative"}', b'{"id": 1.5, "text": "fraction"}', b'{"id": 7, "text": 5}'],
+     b'{"id": -1, "text": "negative"}', b'{"id": 1.5, "text": "fraction"}', b'{"id": 7, "text": 5}',
+     b'{"id": 1e3, "text": "exponent"}', b'{"id": 7.0, "text": "float"}', b'{"id": true, "text": "bool"}',
+     b'{"id": 7, "text": null}', b'"just a string"', b""],
 )
 def test_pop_moves_malformed_item_to_dead(redis_backend: Backend, bad: bytes) -> None:
     client = redis_backend.redis_client

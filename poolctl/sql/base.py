@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from poolctl.config import PoolTypeSettings, StatusValues
 
@@ -24,6 +25,8 @@ IN_CHUNK = 1000
 # Called with the claimed ids after they are selected and before the claim
 # commits; returning False rolls the claim back (the fill lock was lost).
 BeforeCommit = Callable[[list[int]], bool]
+
+T = TypeVar("T")
 
 
 class Rollback(Exception):
@@ -184,6 +187,21 @@ class Database(ABC):
     @abstractmethod
     def server_version(self) -> str: ...
 
+    @abstractmethod
+    def _transaction(self, pool_type: str | None = None) -> AbstractContextManager[Any]:
+        """Run the block in one write transaction and yield a cursor; raising Rollback inside undoes it quietly."""
+
+    # Appended to a SELECT inside _transaction: lock the rows read, waiting for
+    # other transactions (row_lock_clause), or skipping rows they hold
+    # (skip_locked_clause). Empty where the transaction itself already
+    # excludes other writers.
+    row_lock_clause: str = ""
+    skip_locked_clause: str = ""
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Run a transaction or query once; a backend that can retry one safely overrides this."""
+        return operation()
+
     def text_column(self, pool_type: str) -> TextColumn:
         """Return the character set and maximum length of the pool type's text column (no limits by default)."""
         return TextColumn()
@@ -198,14 +216,71 @@ class Database(ABC):
             changed += self.execute(table.update_status(len(part)), [self.status.consumed, *part])
         return changed
 
-    def restore(self, pool_type: str, ids: Sequence[int]) -> int:
-        """Make queued rows available again; rows in any other state are left alone."""
+    def restore(self, pool_type: str, ids: Sequence[int], before_commit: BeforeCommit | None = None) -> list[int]:
+        """Make queued rows available again and return their ids; rows in any other state are left alone.
+
+        Works in chunks of IN_CHUNK ids, one transaction each. Each chunk's rows
+        are locked and still queued when before_commit is called with their ids.
+        A False from before_commit rolls that chunk back and stops, so a
+        reconcile that lost its fill lock restores nothing more.
+        """
         table = self.table(pool_type)
-        changed = 0
+        restored: list[int] = []
         for part in chunks(ids):
-            sql = table.update_status(len(part), only_from=True)
-            changed += self.execute(sql, [self.status.available, *part, self.status.queued])
-        return changed
+            done = self._retrying(lambda part=part: self._restore_chunk(table, part, before_commit))
+            if done is None:
+                break
+            restored.extend(done)
+        return restored
+
+    def _restore_chunk(self, table: Table, ids: Sequence[int], before_commit: BeforeCommit | None) -> list[int] | None:
+        select = table.sql(
+            f"SELECT {{id}} FROM {{table}} WHERE {{id}} IN ({table.in_list(len(ids))}) AND {{status}} = {{p}} {self.row_lock_clause}"
+        )
+        found: list[int] = []
+        stopped = False
+        with self._transaction(table.pool_type) as cursor:
+            cursor.execute(select, [*ids, self.status.queued])
+            found = [row[0] for row in cursor.fetchall()]
+            if not found:
+                raise Rollback
+            if before_commit is not None and not before_commit(found):
+                stopped = True
+                raise Rollback
+            cursor.execute(table.update_status(len(found), only_from=True), [self.status.available, *found, self.status.queued])
+        if stopped:
+            return None
+        return found
+
+    def unlocked_statuses(self, pool_type: str, ids: Sequence[int]) -> dict[int, int]:
+        """Return the status of each row that exists and that no other transaction holds locked.
+
+        A fill that recorded ids in a claiming set holds their rows locked until
+        it commits or rolls back, so a row missing from the result may still be
+        on its way to queued. On SQLite no other writer can be in a transaction
+        at the same time, and every existing row is returned.
+        """
+        table = self.table(pool_type)
+        found: dict[int, int] = {}
+        for part in chunks(ids):
+            select = table.sql(
+                f"SELECT {{id}}, {{status}} FROM {{table}} WHERE {{id}} IN ({table.in_list(len(part))}) {self.skip_locked_clause}"
+            )
+
+            def read(select: str = select, part: Sequence[int] = part) -> dict[int, int]:
+                rows: dict[int, int] = {}
+                with self._transaction(pool_type) as cursor:
+                    cursor.execute(select, list(part))
+                    rows = {row[0]: row[1] for row in cursor.fetchall()}
+                    raise Rollback  # read only: release the row locks at once
+                return rows
+
+            found.update(self._retrying(read))
+        return found
+
+    def ping(self) -> None:
+        """Run a trivial query, reconnecting first where the backend can; raise DatabaseUnavailable when that fails."""
+        self.query("SELECT 1")
 
     def queued_ids(self, pool_type: str, group: int) -> set[int]:
         table = self.table(pool_type)
@@ -214,6 +289,23 @@ class Database(ABC):
             [group, self.status.queued],
         )
         return {row[0] for row in rows}
+
+    def queued_groups(self, pool_type: str) -> dict[int, int]:
+        """Return the group of every queued row, by id."""
+        table = self.table(pool_type)
+        rows = self.query(table.sql("SELECT {id}, {group} FROM {table} WHERE {status} = {p}"), [self.status.queued])
+        return {row[0]: row[1] for row in rows}
+
+    def groups_and_statuses(self, pool_type: str, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """Return (group, status) of each id that exists."""
+        table = self.table(pool_type)
+        found: dict[int, tuple[int, int]] = {}
+        for part in chunks(ids):
+            sql = table.sql(
+                f"SELECT {{id}}, {{group}}, {{status}} FROM {{table}} WHERE {{id}} IN ({table.in_list(len(part))})"
+            )
+            found.update((row[0], (row[1], row[2])) for row in self.query(sql, part))
+        return found
 
     def statuses(self, pool_type: str, ids: Sequence[int]) -> dict[int, int]:
         """Return the status of each id that exists."""

@@ -52,6 +52,14 @@ BAD_TEXT = {ER.TRUNCATED_WRONG_VALUE_FOR_FIELD, 1300, ER.DATA_TOO_LONG}  # 1300:
 T = TypeVar("T")
 
 
+class ConnectionLost(DatabaseUnavailable):
+    """The connection broke during a statement; at_commit is True when it broke during COMMIT."""
+
+    def __init__(self, message: str, hint: str, at_commit: bool) -> None:
+        super().__init__(message, hint)
+        self.at_commit = at_commit
+
+
 def connect_args(url: str, timeout_s: float) -> dict[str, Any]:
     """Turn mysql://user:pass@host:port/db?unix_socket=... into PyMySQL connect arguments."""
     parts = urlsplit(url)
@@ -107,6 +115,7 @@ class MysqlDatabase(Database):
         self.masked_url = mask_url(url)
         self._args = connect_args(url, timeout_s)
         self._conn: pymysql.connections.Connection | None = None
+        self._committing = False
         self.connection()
         self.version = self.query("SELECT VERSION()")[0][0]
         features = server_features(self.version)
@@ -114,6 +123,8 @@ class MysqlDatabase(Database):
         self.skip_locked = features.skip_locked
         self.descending_indexes = features.descending_indexes
         self.lock_clause = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
+        self.row_lock_clause = "FOR UPDATE"
+        self.skip_locked_clause = self.lock_clause
 
     @staticmethod
     def quote(name: str) -> str:
@@ -157,13 +168,16 @@ class MysqlDatabase(Database):
         try:
             yield
         except pymysql.err.InterfaceError as exc:
+            at_commit, self._committing = self._committing, False
             self._drop_connection()
-            raise DatabaseUnavailable(f"connection to {self.masked_url} was closed: {exc}", URL_HINT) from None
+            raise ConnectionLost(f"connection to {self.masked_url} was closed: {exc}", URL_HINT, at_commit) from None
         except pymysql.err.MySQLError as exc:
+            at_commit, self._committing = self._committing, False
             code = exc.args[0] if exc.args else 0
             if code in CONNECTION_LOST:
                 self._drop_connection()
-                raise self._unavailable(exc, "lost the connection to") from None
+                lost = self._unavailable(exc, "lost the connection to")
+                raise ConnectionLost(lost.message, lost.hint, at_commit) from None
             if code in MISSING_SCHEMA:
                 where = f" (pool type {pool_type})" if pool_type else ""
                 raise SchemaError(
@@ -176,14 +190,34 @@ class MysqlDatabase(Database):
                 ) from None
             raise
 
-    def _with_retry(self, operation: Callable[[], T]) -> T:
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Run a transaction or query, retrying it after a deadlock, a lock wait timeout or a lost connection.
+
+        A connection lost before COMMIT was sent leaves nothing behind, because
+        the server rolls the transaction back. So the operation runs once more
+        on a new connection, which replaces a connection closed by wait_timeout,
+        KILL CONNECTION or a server restart. A connection lost during COMMIT
+        leaves the outcome unknown, so that error goes to the caller.
+        """
+        lost: ConnectionLost | None = None
         for attempt in range(1, CLAIM_ATTEMPTS + 1):
             try:
-                return operation()
+                result = operation()
+            except ConnectionLost as exc:
+                if exc.at_commit or attempt == CLAIM_ATTEMPTS:
+                    raise
+                lost = exc
+                continue
             except pymysql.err.OperationalError as exc:
                 if exc.args[0] not in RETRYABLE or attempt == CLAIM_ATTEMPTS:
                     raise
                 log.warning("transaction retried after %s (attempt %d)", exc.args[1], attempt)
+                continue
+            if lost is not None:
+                # Logged only once the new connection worked: when it fails,
+                # the caller reports the outage instead.
+                log.info("reconnected after this error: %s", lost.message)
+            return result
         raise AssertionError("unreachable")
 
     @contextmanager
@@ -204,7 +238,9 @@ class MysqlDatabase(Database):
                 except pymysql.err.MySQLError:
                     pass  # the connection is gone; the server rolls the transaction back itself
                 raise
+            self._committing = True
             conn.commit()
+            self._committing = False
 
     def claim(self, pool_type: str, group: int, limit: int, before_commit: BeforeCommit | None = None) -> list[Row]:
         table = self.table(pool_type)
@@ -222,11 +258,13 @@ class MysqlDatabase(Database):
                 cursor.execute(table.update_status(len(ids)), (self.status.queued, *ids))
             return rows
 
-        return self._with_retry(attempt)
+        return self._retrying(attempt)
 
     def claim_for_consumer(self, pool_type: str, group: int) -> Row | None:
         table = self.table(pool_type)
         select = table.select_available("LIMIT 1 " + self.lock_clause)
+
+        taking: list[int] = []
 
         def attempt() -> Row | None:
             found = None
@@ -235,22 +273,41 @@ class MysqlDatabase(Database):
                 found = cursor.fetchone()
                 if found is None:
                     raise Rollback
+                taking[:] = [found[0]]
                 cursor.execute(table.update_status(1), (self.status.consumed, found[0]))
             return Row(found[0], found[1]) if found else None
 
-        return self._with_retry(attempt)
+        try:
+            return self._retrying(attempt)
+        except ConnectionLost as exc:
+            if exc.at_commit and taking:
+                # NOTE: the row may be consumed without having been handed to
+                # anyone. Handing it out on a guess could hand it out twice, and
+                # no column tells this transaction's commit apart from a later one.
+                log.error(
+                    "pool %s group %d: the connection broke during the COMMIT of a fallback pop; row %d may now be "
+                    "consumed without having been handed out. Check its status before making it available again",
+                    pool_type, group, taking[0],
+                )
+            raise
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        count = 0
-        with self._transaction() as cursor:
-            count = cursor.execute(sql, tuple(params))
-        return count
+        def attempt() -> int:
+            count = 0
+            with self._transaction() as cursor:
+                count = cursor.execute(sql, tuple(params))
+            return count
+
+        return self._retrying(attempt)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._errors():
-            with self.connection().cursor() as cursor:
-                cursor.execute(sql, tuple(params))
-                return list(cursor.fetchall())
+        def attempt() -> list[tuple[Any, ...]]:
+            with self._errors():
+                with self.connection().cursor() as cursor:
+                    cursor.execute(sql, tuple(params))
+                    return list(cursor.fetchall())
+
+        return self._retrying(attempt)
 
     def columns(self, table_name: str) -> dict[str, str | None]:
         """Return the table's columns and their character sets; empty when the table is missing."""

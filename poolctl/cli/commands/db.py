@@ -1,4 +1,4 @@
-"""`poolctl db init`: create the schema and load sample rows."""
+"""`poolctl db init` and `poolctl db check`: create the schema and load sample rows, or check a schema."""
 
 from __future__ import annotations
 
@@ -52,6 +52,20 @@ def init(
     rows = [[r.pool_type, r.table, "created" if r.created else "exists", "ok" if r.index_ok else "NO (see log)", r.inserted]
             for r in results]
     rt.out.table(["pool", "table", "table state", "fill index", "rows"], rows)
+
+
+@command(db_app, "check")
+def check(rt: Runtime) -> None:
+    """Check every configured table: columns, fill index, text character set and status values.
+
+    The table checks are those of `poolctl doctor`, without Redis. Exits with
+    1 when a check fails, such as a text column in utf8mb3 that cannot store
+    4-byte characters (emoji, CJK Extension B).
+    """
+    from poolctl.cli.commands.doctor import print_checks
+    from poolctl.schema import check_database
+
+    print_checks(rt, check_database(rt.settings, rt.db))
 
 
 def _parse_samples(values: list[str], pool_types: list[str]) -> dict[str, int]:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from typing import TYPE_CHECKING
+
 from poolctl.cli.app import Runtime, app, command
 from poolctl.errors import ExitCode
+
+if TYPE_CHECKING:
+    from poolctl.doctor import DoctorReport
 
 STATUS_LABELS = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 
@@ -23,6 +28,11 @@ def doctor(rt: Runtime) -> None:
     from poolctl.doctor import doctor as run_doctor
 
     report = run_doctor(lambda: rt.settings, lambda settings: rt.store)
+    print_checks(rt, report)
+
+
+def print_checks(rt: Runtime, report: DoctorReport) -> None:
+    """Print one line per check and a summary (or one JSON document); exit 1 when a check failed."""
     if rt.json_mode:
         rt.out.json({"ok": report.ok, "failed": report.failed, "warnings": report.warnings,
                      "checks": [check.to_dict() for check in report.checks]})

@@ -75,12 +75,13 @@ def _one_pass(rt: Runtime, pool: list[str] | None, group: int | None) -> None:
                     {
                         "pool_type": fill.pool_type, "group": fill.group, "length_before": fill.length_before,
                         "length_after": fill.length_after, "pushed": fill.pushed, "outcome": fill.outcome,
-                        "seconds": round(fill.seconds, 3),
+                        "restored": fill.restored, "seconds": round(fill.seconds, 3),
                     }
                     for fill in result.fills
                 ],
                 "pools_checked": len(targets),
                 "pushed": result.pushed,
+                "restored": result.restored,
                 "acks_flushed": result.acks_flushed,
                 "wrong_type": result.wrong_type,
                 "seconds": round(result.seconds, 3),
@@ -90,13 +91,15 @@ def _one_pass(rt: Runtime, pool: list[str] | None, group: int | None) -> None:
         rows = [[f.pool_type, f.group, f.length_before, f.length_after, f.pushed, f.outcome] for f in result.fills]
         rt.out.table(["pool", "group", "before", "after", "pushed", "outcome"], rows)
     log.info(
-        "fill pass: %d pools checked, %d filled, %d items pushed, %d acks flushed in %.2fs",
-        len(targets), sum(1 for f in result.fills if f.pushed), result.pushed, result.acks_flushed, result.seconds,
+        "fill pass: %d pools checked, %d filled, %d items pushed, %d restored, %d acks flushed in %.2fs",
+        len(targets), sum(1 for f in result.fills if f.pushed), result.pushed, result.restored, result.acks_flushed,
+        result.seconds,
     )
     if result.wrong_type:
         raise WrongKeyType(
-            f"{len(result.wrong_type)} pool keys are not lists: {', '.join(result.wrong_type[:5])}",
-            "Inspect them with redis-cli TYPE, then rename or delete them",
+            f"{len(result.wrong_type)} Redis keys hold the wrong type, their pools were skipped: "
+            f"{', '.join(result.wrong_type[:5])}",
+            "Inspect them with redis-cli TYPE, then rename or delete them; `poolctl audit` lists every one",
         )
 
 
