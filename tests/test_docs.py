@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import typer
 
-from poolctl.cli import commands  # noqa: F401  (registers the commands)
 from poolctl.cli.app import app
+from poolctl.cli.commands import register
+
+register()  # every command, as `poolctl --help` sees them
 
 ROOT = Path(__file__).resolve().parent.parent
 READMES = [ROOT / "README.md", ROOT / "README.zh-CN.md"]

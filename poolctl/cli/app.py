@@ -46,6 +46,13 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _group() -> None:
+    # Keeps `poolctl` a group of commands when main() registers only the
+    # one that runs: Typer would otherwise make a lone command the whole app.
+    pass
+
+
 @dataclass
 class Runtime:
     """The context of one command: settings and connections (opened on first use) and its output."""
@@ -248,8 +255,9 @@ def silence_stdout() -> None:
 
 def main() -> None:
     """Entry point of the `poolctl` console script."""
-    from poolctl.cli import commands  # noqa: F401  (registers the commands)
+    from poolctl.cli.commands import register
 
+    register(sys.argv[1:])
     use_utf8_stdout()
     try:
         code = app(standalone_mode=False)
@@ -272,4 +280,26 @@ def main() -> None:
     except BrokenPipeError:
         silence_stdout()
         code = int(ExitCode.OK)
-    sys.exit(code or 0)
+    exit_now(code or 0)
+
+
+def exit_now(code: int) -> None:
+    """Flush what the command wrote and end the process without the interpreter's teardown.
+
+    The command has closed its connections by now; tearing down every module
+    one by one would only add to the run time of a one-shot `poolctl pop`.
+    """
+    import os
+
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # the reader went away: what it read is all it wanted
+    except OSError:
+        code = code or int(ExitCode.FAILED)
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)
