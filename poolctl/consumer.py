@@ -35,7 +35,7 @@ from types import TracebackType
 from poolctl.acks import flush_acks
 from poolctl.config import Settings, load_settings
 from poolctl.errors import PoolctlError, RedisUnavailable, ServiceUnavailable
-from poolctl.items import Item, MalformedItem, decode_item
+from poolctl.items import Item, decode_popped
 from poolctl.keys import PoolKeys
 from poolctl.sql import Database, connect_database
 from poolctl.store import PopResult, RedisStore
@@ -131,16 +131,13 @@ class PoolConsumer:
     def _decode(self, keys: PoolKeys, result: PopResult) -> list[Item]:
         if result.dead:
             log.error("pool %s group %d: %d malformed items moved to %s", keys.pool_type, keys.group, result.dead, keys.dead)
-        items = []
-        for raw, item_id in zip(result.raw, result.ids, strict=True):
-            try:
-                items.append(decode_item(raw))
-            except MalformedItem as exc:
-                # The Lua check passed but Python rejects it (invalid UTF-8,
-                # say): keep it for the operator, and take back its ack so
-                # that SQL does not get it as consumed.
-                log.error("pool %s group %d: malformed item set aside in %s: %s", keys.pool_type, keys.group, keys.dead, exc)
-                self.store.set_aside(keys, item_id, raw)
+        items, rejected = decode_popped(result.joined, result.ids, result.lengths)
+        for item_id, raw, reason in rejected:
+            # The Lua check passed but Python rejects it (invalid UTF-8,
+            # say): keep it for the operator, and take back its ack so
+            # that SQL does not get it as consumed.
+            log.error("pool %s group %d: malformed item set aside in %s: %s", keys.pool_type, keys.group, keys.dead, reason)
+            self.store.set_aside(keys, item_id, raw)
         return items
 
     # -- acks --------------------------------------------------------------
@@ -246,7 +243,7 @@ class PoolConsumer:
         finally:
             if self._db is not None:
                 self._db.close()
-            self.store.client.close()
+            self.store.close()
 
     def __enter__(self) -> PoolConsumer:
         return self

@@ -47,3 +47,43 @@ def decode_item(raw: bytes | str) -> Item:
     if not isinstance(text, str):
         raise MalformedItem("text is missing or not a string")
     return Item(id=item_id, text=text)
+
+
+def decode_popped(joined: bytes, ids: list[int], lengths: list[int]) -> tuple[list[Item], list[tuple[int, bytes, str]]]:
+    """Parse the entries one pop returned, joined by commas, whose ids the pop step read.
+
+    Returns the items and the rejected entries as (id, entry, reason): an
+    entry Python cannot parse, or whose id is not the one the pop recorded in
+    acks. The common case is one json.loads of the whole batch as an array;
+    only when that fails or disagrees with ids is each entry parsed alone.
+    """
+    try:
+        parsed = json.loads("[" + joined.decode() + "]")
+    except ValueError:  # UnicodeDecodeError included
+        parsed = None
+    if isinstance(parsed, list) and len(parsed) == len(ids):
+        items = []
+        for data, item_id in zip(parsed, ids):
+            if type(data) is not dict or type(data.get("id")) is not int or data["id"] != item_id:
+                break
+            text = data.get("text")
+            if type(text) is not str:
+                break
+            items.append(Item(item_id, text))
+        else:
+            return items, []
+    items, rejected = [], []
+    start = 0
+    for item_id, length in zip(ids, lengths, strict=True):
+        raw = joined[start : start + length]
+        start += length + 1
+        try:
+            item = decode_item(raw)
+        except MalformedItem as exc:
+            rejected.append((item_id, raw, str(exc)))
+            continue
+        if item.id != item_id:
+            rejected.append((item_id, raw, f"its id {item.id} is not the id {item_id} its ack recorded"))
+            continue
+        items.append(item)
+    return items, rejected

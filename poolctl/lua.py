@@ -132,46 +132,67 @@ return length + n
 """
 )
 
+# Shared helper: the id of an entry in the exact form poolctl writes,
+# {"id":<digits>,"text":"..."}, or nil. A cheap pattern instead of
+# a JSON parse: what passes it still goes through Python's parser, which
+# checks the id again and sets aside what is not valid JSON (SET_ASIDE).
+_QUICK_ID = """
+local function quick_id(value)
+  local id = string.match(value, '^{"id":([1-9]%d*),"text":"')
+  if id and #id < 16 and string.sub(value, -2) == '"}' then
+    return id
+  end
+  return nil
+end
+"""
+
 # KEYS: pool, acks, dead, acks_since, popped counter. ARGV: count, now_ms, counter_ttl_s
 # Pops up to count items and records each one's id in acks in the same step,
 # so an item a poolctl consumer takes is never without its ack, and counts the
 # items in the popped counter. Entries that are not valid items go to the
 # dead-letter list instead of to the caller. When acks was empty before,
 # acks_since gets now_ms, so that an audit can tell how long acks have waited
-# for a flush. Returns {items, their ids, acks length, dead-lettered, pool length}.
+# for a flush. Returns {acks length, dead-lettered, the ids joined by ",",
+# the items' byte lengths joined by ",", the items joined by ","}: a flat reply
+# of five values whatever the count, which the caller parses with one
+# json.loads instead of one parse per item.
 POP = (
     _ITEM_ID
+    + _QUICK_ID
     + _COUNT
     + """
 local want = tonumber(ARGV[1])
-local items, ids, bad = {}, {}, 0
+local items, ids, lengths, bad = {}, {}, {}, 0
 while #items < want do
   local raw = redis.call('RPOP', KEYS[1], want - #items)
   if not raw then
     break
   end
   for _, value in ipairs(raw) do
-    local id = item_id(value)
+    local id = quick_id(value) or item_id(value)
     if id then
       items[#items + 1] = value
       ids[#ids + 1] = id
+      lengths[#lengths + 1] = #value
     else
       redis.call('LPUSH', KEYS[3], value)
       bad = bad + 1
     end
   end
 end
-local acks = redis.call('LLEN', KEYS[2])
-if #ids > 0 and acks == 0 then
-  redis.call('SET', KEYS[4], ARGV[2])
-end
-for i = 1, #ids, 1000 do
-  acks = redis.call('LPUSH', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
-end
+local acks
 if #ids > 0 then
+  for i = 1, #ids, 1000 do
+    acks = redis.call('LPUSH', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
+  end
+  if acks == #ids then
+    redis.call('SET', KEYS[4], ARGV[2])
+  end
   count(KEYS[5], #ids, ARGV[3])
+else
+  acks = redis.call('LLEN', KEYS[2])
 end
-return {items, ids, acks, bad, redis.call('LLEN', KEYS[1])}
+return {acks, bad, table.concat(ids, ','), table.concat(lengths, ','), table.concat(items, ',')}
 """
 )
 

@@ -7,10 +7,12 @@ scripts (poolctl.lua) so that they are atomic.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -72,13 +74,22 @@ class PoolSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PopResult:
-    """The result of one pop step: raw JSON items, their ids and the lengths after it."""
+    """The result of one pop step: the popped entries joined by commas, their ids and lengths, and counts."""
 
-    raw: list[bytes]
+    joined: bytes  # the entries, joined by b","
     ids: list[int]
-    acks: int
-    dead: int
-    remaining: int
+    lengths: list[int]  # of each entry in bytes, to split joined when it does not parse as one JSON array
+    acks: int  # length of the acks list after the pop
+    dead: int  # entries moved to the dead-letter list
+
+    @property
+    def raw(self) -> list[bytes]:
+        """The popped entries, one by one."""
+        entries, start = [], 0
+        for length in self.lengths:
+            entries.append(self.joined[start : start + length])
+            start += length + 1
+        return entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +149,9 @@ class RedisStore:
         self._forget_claims = client.register_script(lua.FORGET_CLAIMS)
         self._set_sentinel = client.register_script(lua.SET_SENTINEL)
         self._set_aside = client.register_script(lua.SET_ASIDE)
+        self._pop_lock = threading.Lock()
+        self._pop_connection: Any = None  # taken from the client's pool on the first pop
+        self._pop_commands: dict[PoolKeys, tuple[int, bytes]] = {}  # packed start of each pool's POP, by rate bucket
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
@@ -349,13 +363,61 @@ class RedisStore:
 
     def pop(self, keys: PoolKeys, count: int) -> PopResult:
         """Pop up to count items, record their ids in acks and count them for the pop rate, atomically."""
-        popped = keys.popped(rate_bucket(time.time()))
-        with self.errors(keys):
-            raw, ids, acks, dead, remaining = self._pop(
-                keys=[keys.pool, keys.acks, keys.dead, keys.acks_since, popped],
-                args=[count, _now_ms(), RATE_COUNTER_TTL_S],
+        now = time.time()
+        bucket = rate_bucket(now)
+        cached = self._pop_commands.get(keys)
+        if cached is None or cached[0] != bucket:
+            head = _pack_parts(
+                b"EVALSHA", self._pop.sha.encode(), b"5", keys.pool.encode(), keys.acks.encode(), keys.dead.encode(),
+                keys.acks_since.encode(), keys.popped(bucket).encode(),
             )
-        return PopResult(list(raw), [int(value) for value in ids], int(acks), int(dead), int(remaining))
+            cached = self._pop_commands[keys] = (bucket, b"*11\r\n" + head)
+        command = cached[1] + _pack_parts(str(count).encode(), str(int(now * 1000)).encode(), _COUNTER_TTL)
+        with self.errors(keys):
+            acks, dead, ids, lengths, joined = self._pop_on_own_connection(command)
+        if not ids:
+            return PopResult(b"", [], [], acks, dead)
+        return PopResult(joined, [int(value) for value in ids.split(b",")], [int(value) for value in lengths.split(b",")], acks, dead)
+
+    def _pop_on_own_connection(self, command: bytes) -> list[Any]:
+        """Send a packed EVALSHA of POP on a connection this store keeps for pops, and return the reply.
+
+        A pop is the call a consumer makes in a tight loop. Taking a
+        connection from the pool, packing the arguments and wrapping the call
+        for retries cost redis-py as much as the round trip itself. Nothing
+        is retried: a pop whose reply was lost may have run.
+        """
+        with self._pop_lock:
+            connection = self._pop_connection
+            if connection is None:
+                connection = self._pop_connection = self.client.connection_pool.get_connection()
+            try:
+                try:
+                    connection.send_packed_command([command])
+                    return connection.read_response()  # type: ignore[no-any-return]
+                except redis.exceptions.NoScriptError:
+                    # Redis does not know the script yet (first pop, or after a
+                    # restart or SCRIPT FLUSH): it did not run, so load it and run once more.
+                    connection.send_command("SCRIPT", "LOAD", lua.POP)
+                    connection.read_response()
+                    connection.send_packed_command([command])
+                    return connection.read_response()  # type: ignore[no-any-return]
+            except redis.ResponseError:
+                raise
+            except BaseException:
+                # A timeout or a broken socket leaves the reply unread: start afresh next time.
+                self._pop_connection = None
+                connection.disconnect()
+                self.client.connection_pool.release(connection)
+                raise
+
+    def close(self) -> None:
+        """Give back the pop connection and close the client's connections."""
+        with self._pop_lock:
+            if self._pop_connection is not None:
+                self.client.connection_pool.release(self._pop_connection)
+                self._pop_connection = None
+        self.client.close()
 
     def set_aside(self, keys: PoolKeys, item_id: int, raw: bytes) -> None:
         """Move a popped entry that cannot be decoded to the dead-letter list and drop its ack."""
@@ -377,6 +439,14 @@ class RedisStore:
     def dead_letter(self, keys: PoolKeys, values: Sequence[bytes]) -> None:
         with self.errors(keys):
             self.client.lpush(keys.dead, *values)
+
+
+_COUNTER_TTL = str(RATE_COUNTER_TTL_S).encode()
+
+
+def _pack_parts(*parts: bytes) -> bytes:
+    """Encode parts as the bulk strings of a Redis command (RESP), without the leading count."""
+    return b"".join(b"$%d\r\n%b\r\n" % (len(part), part) for part in parts)
 
 
 def _ms(seconds: float) -> int:

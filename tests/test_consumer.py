@@ -107,3 +107,29 @@ def test_go_style_rpop_reads_pool(backend: Backend) -> None:
     assert set(item) == {"id", "text"}
     assert isinstance(item["id"], int)
     assert item["text"] == "item 0"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'{"id":7,"text":"a"b"}',  # the form poolctl writes, but not JSON
+        b'{"id":7,"text":"x","id":8,"text":"y"}',  # JSON whose id (the last one) is not the id acked
+        b'{"id":7,"text":"\xff"}',  # not UTF-8
+        b'{"id":7,"text":"x"},{"id":8,"text":"y"}',  # two items in one entry
+    ],
+)
+def test_pop_many_sets_aside_what_python_rejects(backend: Backend, bad: bytes) -> None:
+    keys = backend.store.keys("titles", 1)
+    client = backend.redis_client
+    client.rpush(keys.pool, encode_item(9, 'comma, newline\n and "quotes"}'), bad, encode_item(5, "plain"))
+    items = consumer_for(backend, batch=100, interval_s=3600).pop_many("titles", 1, 3)
+    assert [(item.id, item.text) for item in items] == [(5, "plain"), (9, 'comma, newline\n and "quotes"}')]
+    assert client.lrange(keys.dead, 0, -1) == [bad]
+    assert sorted(client.lrange(keys.acks, 0, -1)) == [b"5", b"9"]
+
+
+def test_pop_many_reads_items_other_writers_format(backend: Backend) -> None:
+    keys = backend.store.keys("titles", 1)
+    backend.redis_client.rpush(keys.pool, b'{ "text": "spaced", "id": 12 }', encode_item(11, "compact"))
+    items = consumer_for(backend, batch=100, interval_s=3600).pop_many("titles", 1, 5)
+    assert [(item.id, item.text) for item in items] == [(11, "compact"), (12, "spaced")]

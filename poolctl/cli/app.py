@@ -107,7 +107,7 @@ class Runtime:
         if self._db is not None:
             self._db.close()
         if self._store is not None:
-            self._store.client.close()
+            self._store.close()
 
 
 ConfigOption = Annotated[
