@@ -114,6 +114,9 @@ class AckSettings(_Section):
 
     batch: int = Field(500, gt=0, le=100_000)
     interval_s: float = Field(1.0, gt=0)
+    # A consumer flushes in a thread of its own, so that a pop never waits for
+    # SQL; false flushes in the thread that pops, at the pop that is due.
+    background: bool = True
 
 
 class PoolTypeSettings(_Section):

@@ -9,9 +9,15 @@
 
 A pop takes the item from the pool and records its id in the pool's acks list
 in one atomic Redis step. Acks reach SQL in batches: every `acks.batch` pops
-or `acks.interval_s` seconds, and on close. A consumer that dies after a pop
-leaves the ack in Redis, where the next flush by any consumer or by
-`poolctl fill --watch` finds it.
+or `acks.interval_s` seconds, and on close. The flushes run in a thread the
+consumer starts when the first one is due, with a SQL connection of its own,
+so that a pop never waits for SQL (`acks.background = false` flushes in the
+popping thread instead). A consumer that dies after a pop leaves the ack in
+Redis, where the next flush by any consumer or by `poolctl fill --watch`
+finds it.
+
+One PoolConsumer may be shared by threads; its pops then take turns on one
+Redis connection.
 
 The consumer also remembers the ids it popped until a flush confirms them. If
 Redis loses the acks (a restart without persistence), the consumer marks those
@@ -29,12 +35,13 @@ item this consumer already has.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from types import TracebackType
 
 from poolctl.acks import flush_acks
 from poolctl.config import Settings, load_settings
-from poolctl.errors import PoolctlError, RedisUnavailable, ServiceUnavailable
+from poolctl.errors import PoolctlError, RedisUnavailable
 from poolctl.items import Item, decode_popped
 from poolctl.keys import PoolKeys
 from poolctl.sql import Database, connect_database
@@ -73,6 +80,12 @@ class PoolConsumer:
         self._last_flush = time.monotonic()
         self._last_flush_warning = 0.0
         self._redis_retry_at = 0.0  # while in the future, pop_with_fallback skips Redis
+        self._keys: dict[tuple[str, int], PoolKeys] = {}  # pools popped so far, their type checked
+        self._state = threading.Lock()  # guards _pending, _unconfirmed and _suspects
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self._flusher: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopping = False
 
     @property
     def db(self) -> Database:
@@ -90,10 +103,12 @@ class PoolConsumer:
 
     def pop_many(self, pool_type: str, group: int, count: int) -> list[Item]:
         """Pop up to count items in one round trip; fewer (or none) when the pool runs out."""
-        self.settings.pool(pool_type)  # raises UnknownPoolType
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        keys = self.store.keys(pool_type, group)
+        keys = self._keys.get((pool_type, group))
+        if keys is None:
+            self.settings.pool(pool_type)  # raises UnknownPoolType
+            keys = self._keys[(pool_type, group)] = self.store.keys(pool_type, group)
         try:
             result = self.store.pop(keys, count)
         except RedisUnavailable:
@@ -143,101 +158,174 @@ class PoolConsumer:
     # -- acks --------------------------------------------------------------
 
     def _after_pop(self, keys: PoolKeys, acks: int) -> None:
-        self._pending[keys] = acks
+        with self._state:
+            self._pending[keys] = acks
         due = time.monotonic() - self._last_flush >= self.settings.acks.interval_s
         if acks >= self.settings.acks.batch or due:
-            self.flush_acks()
+            if self.settings.acks.background:
+                self._wake_flusher()
+            else:
+                self.flush_acks()
 
     def flush_acks(self) -> int:
         """Mark every pending ack of the pools this consumer popped consumed in SQL; return how many.
 
-        When SQL is unreachable the acks stay in Redis and a warning is logged;
-        they are flushed later by this consumer or by `poolctl fill --watch`.
+        Runs in the calling thread, one flush at a time with the background
+        flusher. When SQL is unreachable the acks stay in Redis and a warning
+        is logged; they are flushed later by this consumer or by `poolctl fill --watch`.
         """
-        self._last_flush = time.monotonic()
-        flushed = 0
-        for keys in list(self._pending.keys() | self._unconfirmed.keys() | self._suspects.keys()):
-            try:
-                if self._pending.get(keys, 0) > 0:
-                    done = flush_acks(self.store, self.db, keys, self.settings.acks.batch)
+        return self._flush(self.db)
+
+    def _flush(self, db: Database) -> int:
+        with self._flush_lock:
+            self._last_flush = time.monotonic()
+            # Take the work out under the lock; pops that come in meanwhile
+            # are the next flush's.
+            with self._state:
+                work = [
+                    (keys, self._pending.get(keys, 0), self._unconfirmed.pop(keys, []), self._suspects.pop(keys, []))
+                    for keys in self._pending.keys() | self._unconfirmed.keys() | self._suspects.keys()
+                ]
+                for keys, pending, _, _ in work:
+                    if pending > 0:
+                        self._pending[keys] = 0
+            flushed = 0
+            for keys, pending, unconfirmed, suspects in work:
+                try:
+                    done = flush_acks(self.store, db, keys, self.settings.acks.batch) if pending > 0 else []
                     flushed += len(done)
-                    self._pending[keys] = 0
-                else:
-                    done = []
-                self._check_suspects(keys)
+                    self._check_suspects(db, keys, suspects)
+                except PoolctlError as exc:  # SQL down, or a schema that does not match: acks wait in Redis
+                    with self._state:
+                        if pending > 0:
+                            self._pending[keys] = max(self._pending.get(keys, 0), pending)
+                        self._unconfirmed[keys] = unconfirmed + self._unconfirmed.get(keys, [])
+                        self._suspects[keys] = suspects + self._suspects.get(keys, [])
+                    self._warn_flush_failed(keys, exc)
+                    continue
                 # Remembered ids this flush did not see were flushed by another
                 # consumer, are still waiting in a long acks list, or lost
                 # their acks with Redis data. The next flush checks which of them SQL
                 # still has as queued.
                 confirmed = set(done)
-                self._suspects[keys] = [item for item in self._unconfirmed.pop(keys, []) if item not in confirmed]
-            except ServiceUnavailable as exc:
-                self._warn_flush_failed(keys, exc)
-        return flushed
+                with self._state:
+                    self._suspects.setdefault(keys, []).extend(item for item in unconfirmed if item not in confirmed)
+            return flushed
+
+    def _wake_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_in_background, name="poolctl-ack-flusher", daemon=True)
+            self._flusher.start()
+        self._wake.set()
+
+    def _flush_in_background(self) -> None:
+        """The flusher thread: flush when woken by a pop that fills a batch, else every acks.interval_s."""
+        db: Database | None = None
+        try:
+            while True:
+                self._wake.wait(self.settings.acks.interval_s)
+                self._wake.clear()
+                if self._stopping:
+                    return
+                with self._state:
+                    idle = not (any(self._pending.values()) or self._unconfirmed or any(self._suspects.values()))
+                if idle:
+                    continue
+                try:
+                    if db is None:
+                        db = connect_database(self.settings)
+                    self._flush(db)
+                except PoolctlError as exc:  # SQL down, or a schema that does not match: acks wait in Redis
+                    self._warn_flush_failed(None, exc)
+                except Exception:
+                    log.exception("ack flusher: unexpected error; acks stay in Redis and the next flush retries")
+        finally:
+            if db is not None:
+                db.close()
+
+    def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._stopping = True
+            self._wake.set()
+            self._flusher.join()
+            self._flusher = None
+            self._stopping = False
 
     def _remember(self, keys: PoolKeys, ids: list[int]) -> None:
-        remembered = self._unconfirmed.setdefault(keys, [])
-        remembered.extend(ids)
-        if len(remembered) > UNCONFIRMED_MAX:
-            del remembered[: len(remembered) - UNCONFIRMED_MAX]
+        with self._state:
+            remembered = self._unconfirmed.setdefault(keys, [])
+            remembered.extend(ids)
+            if len(remembered) > UNCONFIRMED_MAX:
+                del remembered[: len(remembered) - UNCONFIRMED_MAX]
 
-    def _check_suspects(self, keys: PoolKeys) -> None:
+    def _check_suspects(self, db: Database, keys: PoolKeys, suspects: list[int]) -> None:
         """Mark consumed the suspects that SQL still has as queued one flush later: their acks were lost."""
-        suspects = self._suspects.get(keys)
         if not suspects:
             return
-        lost = self._mark_queued_consumed(keys, suspects)
+        lost = self._mark_queued_consumed(db, keys, suspects)
         if lost:
             log.warning(
                 "pool %s group %d: %d popped items lost their acks in Redis; marked consumed from this consumer's memory",
                 keys.pool_type, keys.group, lost,
             )
-        self._suspects[keys] = []
 
-    def _mark_queued_consumed(self, keys: PoolKeys, ids: list[int]) -> int:
-        statuses = self.db.statuses(keys.pool_type, ids)
+    def _mark_queued_consumed(self, db: Database, keys: PoolKeys, ids: list[int]) -> int:
+        statuses = db.statuses(keys.pool_type, ids)
         queued = [item for item in ids if statuses.get(item) == self.settings.status.queued]
         if queued:
-            self.db.mark_consumed(keys.pool_type, queued)
+            db.mark_consumed(keys.pool_type, queued)
         return len(queued)
 
     def _confirm_in_sql(self) -> None:
         """Mark every remembered id consumed in SQL now: Redis is down, and its acks may be gone with it."""
-        for keys in list(self._unconfirmed.keys() | self._suspects.keys()):
-            ids = self._unconfirmed.pop(keys, []) + self._suspects.pop(keys, [])
-            try:
-                marked = self._mark_queued_consumed(keys, ids) if ids else 0
-            except ServiceUnavailable as exc:
-                self._unconfirmed.setdefault(keys, []).extend(ids)
-                self._warn_flush_failed(keys, exc)
-                return
-            if marked:
-                log.info(
-                    "pool %s group %d: Redis unreachable, %d popped items marked consumed in SQL directly",
-                    keys.pool_type, keys.group, marked,
-                )
+        with self._flush_lock:
+            with self._state:
+                work = [
+                    (keys, self._unconfirmed.pop(keys, []) + self._suspects.pop(keys, []))
+                    for keys in self._unconfirmed.keys() | self._suspects.keys()
+                ]
+            for index, (keys, ids) in enumerate(work):
+                try:
+                    marked = self._mark_queued_consumed(self.db, keys, ids) if ids else 0
+                except PoolctlError as exc:  # SQL down, or a schema that does not match: acks wait in Redis
+                    with self._state:
+                        for later_keys, later_ids in work[index:]:
+                            self._unconfirmed[later_keys] = later_ids + self._unconfirmed.get(later_keys, [])
+                    self._warn_flush_failed(keys, exc)
+                    return
+                if marked:
+                    log.info(
+                        "pool %s group %d: Redis unreachable, %d popped items marked consumed in SQL directly",
+                        keys.pool_type, keys.group, marked,
+                    )
 
     def _confirm_remaining(self) -> None:
         # No later flush will check them, so check them now. Those still queued
         # are mostly in another consumer's flush at this moment, and marking
         # them consumed twice is harmless.
-        for keys in list(self._suspects.keys()):
+        with self._state:
+            work = list(self._suspects.items())
+            self._suspects.clear()
+        for keys, ids in work:
             try:
-                self._mark_queued_consumed(keys, self._suspects.pop(keys))
-            except ServiceUnavailable as exc:
+                if ids:
+                    self._mark_queued_consumed(self.db, keys, ids)
+            except PoolctlError as exc:  # SQL down, or a schema that does not match: acks wait in Redis
                 self._warn_flush_failed(keys, exc)
 
-    def _warn_flush_failed(self, keys: PoolKeys, exc: PoolctlError) -> None:
+    def _warn_flush_failed(self, keys: PoolKeys | None, exc: PoolctlError) -> None:
         now = time.monotonic()
         if now - self._last_flush_warning >= FLUSH_WARNING_INTERVAL_S:
             self._last_flush_warning = now
-            log.warning("pool %s group %d: ack flush failed, acks stay in Redis: %s", keys.pool_type, keys.group, exc.message)
+            where = f"pool {keys.pool_type} group {keys.group}: " if keys is not None else ""
+            log.warning("%sack flush failed, acks stay in Redis: %s", where, exc.message)
 
     # -- lifecycle ---------------------------------------------------------
 
     def close(self) -> None:
-        """Flush pending acks, confirm the remembered ids in SQL, and close the connections."""
+        """Stop the flusher thread, flush pending acks, confirm the remembered ids in SQL, close the connections."""
         try:
+            self._stop_flusher()
             self.flush_acks()
             self._confirm_remaining()
         finally:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from poolctl.config import Settings
+from poolctl.errors import UnknownGroup
 from poolctl.sql import Database
 from poolctl.stats import PoolStats, collect_stats
 from poolctl.store import RedisStore
@@ -33,7 +34,12 @@ def check(
 
     A group whose rows are all consumed has nothing left to serve, so its
     empty pool is not counted as low. Raises ServiceUnavailable when Redis or
-    SQL is down.
+    SQL is down, UnknownGroup for a group with no rows.
     """
+    if group is not None:
+        # A probe for a group that does not exist must not pass as healthy.
+        types = list(pool_types or settings.pools)
+        if not any(db.group_exists(pool_type, group) for pool_type in types):
+            raise UnknownGroup(f"group {group} has no rows for pool types {', '.join(types)}", "Check the group id")
     rows = collect_stats(settings, store, db, pool_types, group)
     return HealthReport([row for row in rows if (row.available or 0) + (row.queued or 0) > 0])

@@ -206,6 +206,43 @@ redis.call('LPUSH', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: acks. ARGV: limit.
+# Reads up to limit of the oldest acks (the tail, in LRANGE order). Returns
+# them joined by "," as one string when each is plain digits, as they always
+# are unless someone wrote to the list by hand, else as a list.
+READ_ACKS = """
+local tail = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+for _, value in ipairs(tail) do
+  if not string.match(value, '^%d+$') then
+    return tail
+  end
+end
+return table.concat(tail, ',')
+"""
+
+# KEYS: acks, acks_since. ARGV: now_ms, n, the n ids an ack flush read from
+# the tail joined by ",". The same as TRIM_ACKS for ids that READ_ACKS
+# returned joined, without one argument per id.
+TRIM_JOINED_ACKS = """
+local n = tonumber(ARGV[2])
+local tail = redis.call('LRANGE', KEYS[1], -n, -1)
+local removed = 0
+if #tail == n and table.concat(tail, ',') == ARGV[3] then
+  redis.call('LTRIM', KEYS[1], 0, -n - 1)
+  removed = n
+else
+  for value in string.gmatch(ARGV[3], '[^,]+') do
+    removed = removed + redis.call('LREM', KEYS[1], -1, value)
+  end
+end
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return removed
+"""
+
 # KEYS: acks, acks_since. ARGV: now_ms, then the ids an ack flush read from
 # the tail, in LRANGE order. Removes exactly those ids after SQL has them as
 # consumed. When another flusher got there first the tail differs, and ids are

@@ -144,6 +144,8 @@ class RedisStore:
         self._push = client.register_script(lua.PUSH)
         self._pop = client.register_script(lua.POP)
         self._trim_acks = client.register_script(lua.TRIM_ACKS)
+        self._read_acks = client.register_script(lua.READ_ACKS)
+        self._trim_joined_acks = client.register_script(lua.TRIM_JOINED_ACKS)
         self._lengths = client.register_script(lua.LENGTHS)
         self._read_pool = client.register_script(lua.READ_POOL)
         self._forget_claims = client.register_script(lua.FORGET_CLAIMS)
@@ -427,13 +429,19 @@ class RedisStore:
     def read_acks(self, keys: PoolKeys, limit: int) -> list[bytes]:
         """Return up to limit of the oldest acks (the tail of the list), oldest last."""
         with self.errors(keys):
-            return list(self.client.lrange(keys.acks, -limit, -1))
+            reply = self._read_acks(keys=[keys.acks], args=[limit])
+        if isinstance(reply, bytes):  # joined by commas: one bulk reply instead of one per id
+            return reply.split(b",") if reply else []
+        return list(reply)
 
     def trim_acks(self, keys: PoolKeys, raw_ids: Sequence[bytes]) -> int:
         """Remove acks that SQL now has as consumed; return how many were removed."""
         if not raw_ids:
             return 0
         with self.errors(keys):
+            if all(value.isdigit() for value in raw_ids):
+                joined = b",".join(raw_ids)
+                return int(self._trim_joined_acks(keys=[keys.acks, keys.acks_since], args=[_now_ms(), len(raw_ids), joined]))
             return int(self._trim_acks(keys=[keys.acks, keys.acks_since], args=[_now_ms(), *raw_ids]))
 
     def dead_letter(self, keys: PoolKeys, values: Sequence[bytes]) -> None:

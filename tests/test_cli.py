@@ -103,6 +103,21 @@ def test_pop_prints_text_and_consumes(loaded: dict[str, str], tmp_path: Path) ->
     assert len(text.stdout.splitlines()) == 3
 
 
+def test_pop_hands_out_items_when_sql_has_no_table(loaded: dict[str, str], tmp_path: Path) -> None:
+    """A pop whose ack flush fails for lack of a table still prints its items; the acks wait in Redis."""
+    run(["fill"], loaded, tmp_path)
+    empty_db = {**loaded, "POOLCTL_DATABASE_URL": f"sqlite:///{tmp_path / 'no-tables.db'}"}
+    result = run(["pop", "titles", "-g", "2", "-n", "3", "--json"], empty_db, tmp_path)
+    assert result.returncode == 0, result.stderr
+    popped = [item["id"] for item in json.loads(result.stdout)["items"]]
+    assert len(popped) == 3
+    assert "ack flush failed, acks stay in Redis" in result.stderr
+    stats = json.loads(run(["stats", "--json", "--pool", "titles", "--group", "2"], loaded, tmp_path).stdout)["pools"]
+    assert (stats[0]["acks"], stats[0]["queued"]) == (3, 40)
+    fill = json.loads(run(["fill", "--json"], loaded, tmp_path).stdout)  # the right database: acks flushed
+    assert fill["acks_flushed"] == 3
+
+
 def test_pop_empty_pool_exit_code(loaded: dict[str, str], tmp_path: Path) -> None:
     result = run(["pop", "titles", "--group", "1"], loaded, tmp_path)
     assert_one_line_error(result, 3, "empty", "poolctl fill")

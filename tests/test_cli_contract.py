@@ -130,6 +130,9 @@ def test_check_exit_codes(loaded: dict[str, str], tmp_path: Path) -> None:
     assert one_low.returncode == 5
     assert json_of(one_low) == {"status": "low", "checked": 6,
                                 "low": [{"pool_type": "titles", "group": 2, "length": 10, "threshold": 10}]}
+    typo = run(["check", "--group", "999"], loaded, tmp_path)  # a probe with a wrong group must not pass
+    assert typo.returncode == 2, typo.stdout
+    assert "group 999 has no rows" in typo.stderr
 
 
 def shell(command: str, env_extra: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

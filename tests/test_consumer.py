@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -46,13 +49,68 @@ def test_pop_unknown_pool_type_raises(backend: Backend) -> None:
 
 def test_acks_reach_sql_in_batches(backend: Backend) -> None:
     filled(backend)
-    consumer = consumer_for(backend, batch=5, interval_s=3600)
+    consumer = consumer_for(backend, batch=5, interval_s=3600, background=False)
     items = [consumer.pop("titles", 1) for _ in range(4)]
     statuses = status_of(backend.db, "titles")
     assert all(statuses[item.id] == backend.settings.status.queued for item in items)
     items.append(consumer.pop("titles", 1))  # the fifth ack fills the batch
     statuses = status_of(backend.db, "titles")
     assert all(statuses[item.id] == backend.settings.status.consumed for item in items)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_background_flusher_marks_batch_consumed_without_blocking_pops(backend: Backend) -> None:
+    filled(backend)
+    consumer = consumer_for(backend, batch=5, interval_s=3600)
+    items = [consumer.pop("titles", 1) for _ in range(5)]  # the fifth pop wakes the flusher
+    assert consumer._flusher is not None and consumer._flusher.is_alive()
+    consumed = backend.settings.status.consumed
+    assert wait_for(lambda: all(status_of(backend.db, "titles")[item.id] == consumed for item in items))
+    assert wait_for(lambda: backend.redis_client.llen(backend.store.keys("titles", 1).acks) == 0)
+    consumer.close()
+    assert consumer._flusher is None
+
+
+def test_background_flusher_flushes_on_its_interval(backend: Backend) -> None:
+    filled(backend)
+    consumer = consumer_for(backend, batch=1000, interval_s=0.2)
+    time.sleep(0.25)
+    first = consumer.pop("titles", 1)  # due by time: wakes the flusher
+    second = consumer.pop("titles", 1)  # not a batch, not due: left to the flusher's next interval
+    consumed = backend.settings.status.consumed
+    assert first is not None and second is not None
+    assert wait_for(lambda: [status_of(backend.db, "titles")[item.id] for item in (first, second)] == [consumed] * 2)
+    consumer.close()
+
+
+def test_threads_sharing_a_consumer_pop_each_item_once(backend: Backend) -> None:
+    filled(backend, count=50)  # the test pools hold 50
+    consumer = consumer_for(backend, batch=7, interval_s=0.05)
+    popped: list[int] = []
+
+    def drain() -> None:
+        while items := consumer.pop_many("titles", 1, 3):
+            popped.extend(item.id for item in items)
+
+    threads = [threading.Thread(target=drain) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    consumer.flush_acks()  # one at a time with the flusher thread, which may be flushing too
+    assert len(popped) == len(set(popped)) == 50
+    statuses = status_of(backend.db, "titles")
+    assert {statuses[item] for item in popped} == {backend.settings.status.consumed}
+    assert backend.redis_client.llen(backend.store.keys("titles", 1).acks) == 0
+    consumer.close()
 
 
 def test_close_flushes_acks(backend: Backend) -> None:

@@ -115,6 +115,15 @@ class Table:
             "ORDER BY {batch} DESC, {id} ASC " + limit_clause
         )
 
+    def set_status_of_ids(self, ids: Sequence[int]) -> str:
+        """UPDATE setting the status ({p}) of the ids, written into the statement as integer literals.
+
+        For the ack flush: binding each id as a parameter costs the driver
+        more than the rest of the flush. "%d" writes nothing but digits.
+        """
+        literals = ",".join(["%d" % item for item in ids])
+        return self.sql("UPDATE {table} SET {status} = {p} WHERE {id} IN (" + literals + ")")
+
     def update_status(self, count: int, only_from: bool = False) -> str:
         where = f"{{id}} IN ({self.in_list(count)})"
         if only_from:
@@ -213,7 +222,7 @@ class Database(ABC):
         table = self.table(pool_type)
         changed = 0
         for part in chunks(ids):
-            changed += self.execute(table.update_status(len(part)), [self.status.consumed, *part])
+            changed += self.execute(table.set_status_of_ids(part), [self.status.consumed])
         return changed
 
     def restore(self, pool_type: str, ids: Sequence[int], before_commit: BeforeCommit | None = None) -> list[int]:

@@ -9,6 +9,7 @@ import typer
 
 from poolctl.cli.app import Runtime, app, command
 from poolctl.errors import PoolEmpty, ServiceUnavailable, UnknownGroup
+from poolctl.items import Item
 
 log = logging.getLogger("poolctl.cli")
 
@@ -34,16 +35,27 @@ def pop(
 
     rt.settings.pool(pool_type)
     # Closing the consumer flushes its acks, so the items are consumed in SQL
-    # before this command exits. If SQL is down, the acks wait in Redis.
+    # before this command exits. If SQL is down or its table is missing, the
+    # acks wait in Redis with a warning. The items are printed before that
+    # flush, so that no failure after the pop can take them from the user.
+    items: list[Item] = []
     with PoolConsumer(rt.settings, store=rt.store) as consumer:
-        if fallback:
-            items = []
-            while len(items) < count and (item := consumer.pop_with_fallback(pool_type, group)) is not None:
-                items.append(item)
-        else:
-            items = consumer.pop_many(pool_type, group, count)
+        try:
+            if fallback:
+                while len(items) < count and (item := consumer.pop_with_fallback(pool_type, group)) is not None:
+                    items.append(item)
+            else:
+                items = consumer.pop_many(pool_type, group, count)
+        finally:
+            if items:  # even when a later fallback pop failed: these are the user's now
+                _print_items(rt, pool_type, group, items)
     if not items:
         _raise_empty(rt, pool_type, group, fallback)
+    if len(items) < count:
+        log.warning("pool %s group %d: %d of %d items popped, then it was empty", pool_type, group, len(items), count)
+
+
+def _print_items(rt: Runtime, pool_type: str, group: int, items: list[Item]) -> None:
     if rt.json_mode:
         rt.out.json(
             {
@@ -55,8 +67,7 @@ def pop(
     else:
         for item in items:
             rt.out.line(item.text)
-    if len(items) < count:
-        log.warning("pool %s group %d: %d of %d items popped, then it was empty", pool_type, group, len(items), count)
+    rt.out.flush()
 
 
 def _raise_empty(rt: Runtime, pool_type: str, group: int, fallback: bool) -> None:
