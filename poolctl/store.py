@@ -20,7 +20,7 @@ from redis.retry import Retry
 
 from poolctl import lua
 from poolctl.config import Settings, mask_url
-from poolctl.errors import LockLost, PoolctlError, RedisUnavailable, WrongKeyType
+from poolctl.errors import ConfigError, LockLost, PoolctlError, RedisUnavailable, WrongKeyType
 from poolctl.keys import RATE_COUNTER_TTL_S, KeyScheme, PoolKeys, rate_bucket
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,11 @@ class RedisStore:
                 raise self._wrong_type(keys) from None
             if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith(UNAVAILABLE_REPLIES):
                 raise RedisUnavailable(f"Redis at {self.masked_url} cannot serve writes now: {exc}", URL_HINT) from None
+            if "DB index is out of range" in str(exc):
+                raise ConfigError(
+                    f"Redis at {self.masked_url} has no such database number: {exc}",
+                    "Use a database number the server has in redis.url (0 to 15 unless its config says more)",
+                ) from None
             if str(exc).startswith(("NOAUTH", "WRONGPASS", "invalid password")):
                 raise RedisUnavailable(f"Redis at {self.masked_url} rejected the login: {exc}", URL_HINT) from None
             raise

@@ -265,13 +265,17 @@ def main() -> None:
         # A usage error, raised before any command ran: the parser's message
         # on stderr and, when --json was asked for, the envelope on stdout.
         # Since typer 0.29 its bundled click raises these as TyperException.
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
+        # One line, like every other error, naming the help to read; a bare
+        # `poolctl` or group name shows the help itself.
+        context = getattr(exc, "ctx", None)
+        where = context.command_path if context is not None else "poolctl"
+        hint = f"Run `{where} --help` for its usage"
+        message = exc.format_message().rstrip(". ")
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no public name for it in typer
+            exc.show()  # type: ignore[attr-defined]
         else:
-            error_line(exc.format_message())
+            error_line(f"{message} {hint}" if message.endswith(("?", "!")) else f"{message}. {hint}")
         if "--json" in sys.argv[1:]:
-            hint = "Run the command with --help for its usage"
             Output(json_mode=True).json(error_envelope("usage", exc.format_message(), hint))
         code = exc.exit_code
     except typer.Abort:
