@@ -203,6 +203,8 @@ class Filler:
                 break
             ids = [row.id for row in rows]
             items = [encode_item(row.id, row.text) for row in rows]
+            claimed = len(rows)
+            del rows  # the texts live on in items: hold one copy of a batch, not two
             try:
                 length = self.store.push(keys, self.token, ttl_s, spec.size, ids, items)
             except LockLost:
@@ -222,10 +224,10 @@ class Filler:
                     keys.pool_type, keys.group, len(ids),
                 )
                 return
-            fill.pushed += len(rows)
+            fill.pushed += claimed
             fill.length_after = length
             fill.outcome = "filled"
-            if len(rows) < want:
+            if claimed < want:
                 break
 
     def _release(self, keys: PoolKeys) -> None:

@@ -8,6 +8,7 @@ character costs three bytes in Redis rather than six.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring as _quote  # the C string quoter json.dumps uses without ASCII escaping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +29,8 @@ class MalformedItem(ValueError):
 
 
 def encode_item(item_id: int, text: str) -> str:
-    return json.dumps({"id": item_id, "text": text}, ensure_ascii=False, separators=(",", ":"))
+    """The pool JSON of one item: the same text as json.dumps with ensure_ascii=False and compact separators."""
+    return '{"id":%d,"text":%s}' % (item_id, _quote(text))
 
 
 def decode_item(raw: bytes | str) -> Item:

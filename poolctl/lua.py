@@ -79,17 +79,34 @@ end
 return 0
 """
 
-# KEYS: lock, claiming. ARGV: token, ttl_ms, id...
+# Shared helpers: a list of ids joined by "," as a table, and a command run
+# on a table's values in chunks (see _CHUNKED).
+_SPLIT = """
+local function split_ids(joined)
+  local ids = {}
+  for id in string.gmatch(joined, '[^,]+') do
+    ids[#ids + 1] = id
+  end
+  return ids
+end
+local function chunked_values(command, key, values)
+  for i = 1, #values, 1000 do
+    redis.call(command, key, unpack(values, i, math.min(i + 999, #values)))
+  end
+end
+"""
+
+# KEYS: lock, claiming. ARGV: token, ttl_ms, ids joined by ",".
 # Records ids a fill is about to commit as queued, so that a filler killed
 # between its commit and its push leaves a trace reconcile can trust. Only the
 # lock owner may record; returns 0 when the lock is not the caller's.
 RECORD_CLAIM = (
-    _CHUNKED
+    _SPLIT
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-chunked('SADD', KEYS[2], 3, #ARGV)
+chunked_values('SADD', KEYS[2], split_ids(ARGV[3]))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -106,14 +123,17 @@ end
 """
 
 # KEYS: pool, lock, claiming, filled counter.
-# ARGV: token, ttl_ms, size, n, counter_ttl_s, id1..idn, item1..itemn
+# ARGV: token, ttl_ms, size, n, counter_ttl_s, ids joined by ",", the items'
+# byte lengths joined by ",", the items concatenated.
 # Pushes the items in fill order (LPUSH, so RPOP returns the first one first),
 # removes their ids from the claiming set, counts them in the filled counter and
 # extends the lock. Returns the new pool length, -1 when the lock is not the
 # caller's, or -2 when the items would take the pool past its size. On -1 and
-# -2 nothing is written.
+# -2 nothing is written. The items come as one string and their lengths,
+# because redis-py packs each argument separately, at a cost per argument
+# that a batch of short titles feels.
 PUSH = (
-    _CHUNKED
+    _SPLIT
     + _COUNT
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
@@ -124,8 +144,17 @@ local length = redis.call('LLEN', KEYS[1])
 if length + n > tonumber(ARGV[3]) then
   return -2
 end
-chunked('LPUSH', KEYS[1], 6 + n, 5 + 2 * n)
-chunked('SREM', KEYS[3], 6, 5 + n)
+local blob, items, at = ARGV[8], {}, 1
+for size in string.gmatch(ARGV[7], '[^,]+') do
+  local next_at = at + tonumber(size)
+  items[#items + 1] = string.sub(blob, at, next_at - 1)
+  at = next_at
+end
+if #items ~= n or at ~= #blob + 1 then
+  return redis.error_reply('PUSH: item lengths do not match the items')
+end
+chunked_values('LPUSH', KEYS[1], items)
+chunked_values('SREM', KEYS[3], split_ids(ARGV[6]))
 count(KEYS[4], n, ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return length + n

@@ -325,13 +325,21 @@ class RedisStore:
     def record_claim(self, keys: PoolKeys, token: str, ttl_s: float, ids: Sequence[int]) -> bool:
         """Record ids about to be committed as queued; False when the lock is no longer the caller's."""
         with self.errors(keys):
-            return bool(self._record_claim(keys=[keys.lock, keys.claiming], args=[token, _ms(ttl_s), *ids]))
+            return bool(self._record_claim(keys=[keys.lock, keys.claiming], args=[token, _ms(ttl_s), _joined_ids(ids)]))
 
     def push(self, keys: PoolKeys, token: str, ttl_s: float, size: int, ids: Sequence[int], items: Sequence[str]) -> int:
         """Push encoded items if the caller owns the lock and the pool has room; return the new length."""
+        # One growing buffer rather than a list of encoded items and their
+        # join: a batch of large texts is then held once as str and once as bytes.
+        blob = bytearray()
+        lengths = []
+        for item in items:
+            data = item.encode()
+            lengths.append("%d" % len(data))
+            blob += data
         with self.errors(keys):
             filled = keys.filled(rate_bucket(time.time()))
-            args = [token, _ms(ttl_s), size, len(ids), RATE_COUNTER_TTL_S, *ids, *items]
+            args = [token, _ms(ttl_s), size, len(ids), RATE_COUNTER_TTL_S, _joined_ids(ids), ",".join(lengths), blob]
             result = int(self._push(keys=[keys.pool, keys.lock, keys.claiming, filled], args=args))
         if result == -1:
             raise LockLost(f"fill lock {keys.lock} was lost before the push", "Raise fill.lock_ttl_s if fills are slow")
@@ -455,6 +463,11 @@ class RedisStore:
 
 
 _COUNTER_TTL = str(RATE_COUNTER_TTL_S).encode()
+
+
+def _joined_ids(ids: Sequence[int]) -> str:
+    """Ids as one argument, "1,2,3": one packed argument instead of one per id."""
+    return ",".join(["%d" % item for item in ids])
 
 
 def _pack_parts(*parts: bytes) -> bytes:

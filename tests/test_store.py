@@ -199,3 +199,9 @@ def test_locks_listing_shows_owner_and_ttl(redis_backend: Backend) -> None:
     found = [(lock.pool_type, lock.group, lock.owner) for lock in store.locks()]
     assert found == [("contents", 12, "host:2:def"), ("titles", 3, "host:1:abc")]
     assert all(0 < lock.ttl_s <= 30 for lock in store.locks())
+
+
+@pytest.mark.parametrize("text", ["plain", "标题", 'quote " backslash \\ slash /', "control \n\t\x00\x1f", "\u2028\u2029 😀", ""])
+def test_encode_item_is_compact_json(text: str) -> None:
+    """The pool format the Go consumer reads: json.dumps with compact separators and no ASCII escaping."""
+    assert encode_item(42, text) == json.dumps({"id": 42, "text": text}, ensure_ascii=False, separators=(",", ":"))
