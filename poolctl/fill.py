@@ -30,7 +30,7 @@ from poolctl.errors import LockLost, PoolctlError, RedisUnavailable, UnknownGrou
 from poolctl.items import encode_item
 from poolctl.keys import PoolKeys, new_owner_token
 from poolctl.reconcile import reconcile_locked
-from poolctl.sql import Database
+from poolctl.sql import Database, Row
 from poolctl.store import LockedPool, PoolOverflow, RedisStore
 
 log = logging.getLogger(__name__)
@@ -201,12 +201,12 @@ class Filler:
             if not rows:
                 fill.outcome = "drained" if fill.pushed == 0 else "filled"
                 break
-            ids = [row.id for row in rows]
-            items = [encode_item(row.id, row.text) for row in rows]
             claimed = len(rows)
-            del rows  # the texts live on in items: hold one copy of a batch, not two
+            ids, items = _encode_batch(rows)
+            del rows
             try:
                 length = self.store.push(keys, self.token, ttl_s, spec.size, ids, items)
+                del items  # before the next claim reads a batch of texts again
             except LockLost:
                 # The claimed rows stay queued and recorded in the claiming set,
                 # where reconcile finds them and makes them available again.
@@ -238,3 +238,19 @@ class Filler:
             log.debug("pool %s group %d: lock release failed (%s), it expires by TTL", keys.pool_type, keys.group, exc)
         except PoolctlError as exc:
             log.warning("pool %s group %d: lock release failed (%s), it expires by TTL", keys.pool_type, keys.group, exc)
+
+
+def _encode_batch(rows: list[Row]) -> tuple[list[int], list[str]]:
+    """Return the ids and pool JSON of claimed rows, dropping each row from the list once it is encoded.
+
+    A batch of large texts is then held about once as str while it is
+    encoded, rather than once as rows and once as items.
+    """
+    ids = []
+    items = []
+    for index, row in enumerate(rows):
+        rows[index] = None  # type: ignore[call-overload]
+        ids.append(row.id)
+        items.append(encode_item(row.id, row.text))
+        del row
+    return ids, items
