@@ -91,7 +91,7 @@ class PoolConsumer:
     def db(self) -> Database:
         """The SQL connection, opened on first use: a pop that never falls back or flushes needs none."""
         if self._db is None:
-            self._db = connect_database(self.settings)
+            self._db = connect_database(self.settings, create=False)
         return self._db
 
     # -- popping -----------------------------------------------------------
@@ -174,7 +174,14 @@ class PoolConsumer:
         flusher. When SQL is unreachable the acks stay in Redis and a warning
         is logged; they are flushed later by this consumer or by `poolctl fill --watch`.
         """
-        return self._flush(self.db)
+        if not self._has_work():
+            return 0  # nothing to flush: no reason to open SQL
+        try:
+            db = self.db
+        except PoolctlError as exc:  # SQL down, or no such database: the acks wait in Redis
+            self._warn_flush_failed(None, exc)
+            return 0
+        return self._flush(db)
 
     def _flush(self, db: Database) -> int:
         with self._flush_lock:
@@ -212,6 +219,11 @@ class PoolConsumer:
                     self._suspects.setdefault(keys, []).extend(item for item in unconfirmed if item not in confirmed)
             return flushed
 
+    def _has_work(self) -> bool:
+        """Whether a flush has anything to do: pending acks, or popped ids to confirm."""
+        with self._state:
+            return any(self._pending.values()) or any(self._unconfirmed.values()) or any(self._suspects.values())
+
     def _wake_flusher(self) -> None:
         if self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_in_background, name="poolctl-ack-flusher", daemon=True)
@@ -227,13 +239,11 @@ class PoolConsumer:
                 self._wake.clear()
                 if self._stopping:
                     return
-                with self._state:
-                    idle = not (any(self._pending.values()) or self._unconfirmed or any(self._suspects.values()))
-                if idle:
+                if not self._has_work():
                     continue
                 try:
                     if db is None:
-                        db = connect_database(self.settings)
+                        db = connect_database(self.settings, create=False)
                     self._flush(db)
                 except PoolctlError as exc:  # SQL down, or a schema that does not match: acks wait in Redis
                     self._warn_flush_failed(None, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +270,7 @@ def test_db_check_warns_utf8mb3(utf8mb3_titles: Backend, mariadb_env: dict[str, 
 
 
 def test_db_check_missing_table(env: dict[str, str], tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "bad.db").close()  # a database without poolctl's tables
     result = run(["db", "check", "--json"], env, tmp_path)
     assert result.returncode == 1, detail(result)
     checks = json.loads(result.stdout)["checks"]
@@ -280,8 +282,6 @@ def test_db_check_missing_table(env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_db_check_unknown_status(filled: dict[str, str], tmp_path: Path) -> None:
-    import sqlite3
-
     with sqlite3.connect(tmp_path / "bad.db") as conn:
         conn.execute("UPDATE titles SET status = 9 WHERE id IN (1, 2)")
     result = run(["db", "check", "--json"], filled, tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +152,15 @@ def test_unreachable_sql_masks_password(loaded: dict[str, str], tmp_path: Path) 
     assert_one_line_error(result, 4, "mysql://root:***@127.0.0.1:1/poolctl", "database.url")
 
 
+def test_missing_database_file_is_not_created(env: dict[str, str], tmp_path: Path) -> None:
+    for command in (["fill"], ["stats"], ["pop", "titles", "-g", "1"], ["check"], ["reconcile"], ["audit"], ["db", "check"]):
+        result = run(command, env, tmp_path)
+        assert_one_line_error(result, 2, "cli.db does not exist", "poolctl db init")
+    assert not (tmp_path / "cli.db").exists()
+
+
 def test_missing_table(env: dict[str, str], tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "cli.db").close()  # a database without poolctl's tables
     result = run(["fill"], env, tmp_path)
     assert_one_line_error(result, 2, "titles", "poolctl db init")
 

@@ -63,6 +63,7 @@ class Runtime:
     json_mode: bool = False
     out: Output = field(default_factory=Output)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # command flags, by TOML path
+    create_database: bool = False  # only `db init` may create a SQLite file
     _settings: Settings | None = None
     _store: RedisStore | None = None
     _db: Database | None = None
@@ -100,7 +101,7 @@ class Runtime:
         if self._db is None:
             from poolctl.sql import connect_database
 
-            self._db = connect_database(self.settings)
+            self._db = connect_database(self.settings, create=self.create_database)
         return self._db
 
     def close(self) -> None:

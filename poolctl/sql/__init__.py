@@ -10,8 +10,12 @@ from poolctl.sql.base import Database, QueryPlan, Row, StateCounts, TextColumn
 __all__ = ["Database", "QueryPlan", "Row", "StateCounts", "TextColumn", "connect_database"]
 
 
-def connect_database(settings: Settings) -> Database:
-    """Open the database that settings.database.url names (sqlite:/// or mysql://)."""
+def connect_database(settings: Settings, create: bool = True) -> Database:
+    """Open the database that settings.database.url names (sqlite:/// or mysql://).
+
+    With create False, a SQLite file that does not exist is an error instead
+    of a new empty database: only `db init` should make one.
+    """
     url = settings.database.url
     timeout_s = settings.database.connect_timeout_s
     if urlsplit(url).scheme == "mysql":
@@ -20,4 +24,4 @@ def connect_database(settings: Settings) -> Database:
         return MysqlDatabase(url, settings.status, settings.pools, timeout_s)
     from poolctl.sql.sqlite import SqliteDatabase
 
-    return SqliteDatabase(url, settings.status, settings.pools, timeout_s)
+    return SqliteDatabase(url, settings.status, settings.pools, timeout_s, create=create)

@@ -35,7 +35,9 @@ class SqliteDatabase(Database):
     dialect = "sqlite"
     placeholder = "?"
 
-    def __init__(self, url: str, status: StatusValues, pools: dict[str, PoolTypeSettings], timeout_s: float) -> None:
+    def __init__(
+        self, url: str, status: StatusValues, pools: dict[str, PoolTypeSettings], timeout_s: float, create: bool = True
+    ) -> None:
         super().__init__(status, pools)
         self.url = url
         self.path = sqlite_path(url)
@@ -44,6 +46,11 @@ class SqliteDatabase(Database):
         parent = Path(self.path).parent
         if self.path != ":memory:" and not parent.is_dir():
             raise DatabaseUnavailable(f"cannot open SQLite database {self.path}: folder {parent} does not exist", URL_HINT)
+        if not create and self.path != ":memory:" and not Path(self.path).exists():
+            raise SchemaError(
+                f"SQLite database {self.path} does not exist",
+                "Create it with `poolctl db init`, or point database.url at the right file",
+            )
         try:
             # isolation_level=None: no implicit transactions; every one is explicit below.
             self.conn = sqlite3.connect(self.path, timeout=max(timeout_s, BUSY_TIMEOUT_S), isolation_level=None)

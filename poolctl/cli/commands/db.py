@@ -34,6 +34,7 @@ def init(
     from poolctl.schema import init_database
 
     samples = _parse_samples(sample or [], list(rt.settings.pools))
+    rt.create_database = True
     progress = _progress_printer() if samples and sys.stderr.isatty() and not rt.json_mode else None
     results = init_database(rt.settings, rt.db, samples, groups, batches, seed, progress)
     if progress:
