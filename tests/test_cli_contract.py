@@ -208,3 +208,15 @@ def test_shell_completion_script(env: dict[str, str], tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "_POOLCTL_COMPLETE" in result.stdout
     assert "complete " in result.stdout
+
+
+def test_wide_table_drops_least_needed_columns_to_fit() -> None:
+    from poolctl.cli.output import _fit_columns
+
+    columns = ["pool", "group", "length", "consumed", "lock", "attention"]
+    cells = [["contents", "12", "5000", "123456", "host:1:abcdef", "low"]]
+    keep, hidden = _fit_columns(columns, cells, 200)
+    assert (keep, hidden) == ([0, 1, 2, 3, 4, 5], [])
+    keep, hidden = _fit_columns(columns, cells, 50)
+    assert [columns[index] for index in keep] == ["pool", "group", "length", "attention"]
+    assert hidden == ["consumed", "lock"]

@@ -70,12 +70,40 @@ def rich_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str
     """Build a Rich table; imported lazily so that commands that print no table never load Rich."""
     from rich.table import Table
 
-    table = Table(title=title, header_style="bold")
-    for column in columns:
-        table.add_column(column, justify="right" if column in NUMERIC_HINTS else "left")
-    for index, row in enumerate(_cells(rows)):
-        table.add_row(*row, style=styles[index] if styles else None)
+    cells = _cells(rows)
+    keep, hidden = _fit_columns(list(columns), cells, console().width)
+    table = Table(title=title, header_style="bold",
+                  caption=f"hidden to fit the terminal: {', '.join(hidden)} (widen it, or use --json)" if hidden else None)
+    for index in keep:
+        table.add_column(columns[index], justify="right" if columns[index] in NUMERIC_HINTS else "left")
+    for index, row in enumerate(cells):
+        table.add_row(*[row[column] for column in keep], style=styles[index] if styles else None)
     return table
+
+
+def _fit_columns(columns: list[str], cells: list[list[str]], width: int) -> tuple[list[int], list[str]]:
+    """Return the indexes of the columns to show in width terminal cells, and the names of those hidden.
+
+    Rich would squeeze every column of a wide table into a few cells each
+    ("t…"); dropping the least needed columns (DROP_FIRST) keeps the rest readable.
+    """
+    natural = [max([cell_width(column)] + [cell_width(row[index]) for row in cells]) + 3
+               for index, column in enumerate(columns)]  # + padding and one border per column
+    keep = list(range(len(columns)))
+    hidden = []
+    for name in DROP_FIRST:
+        if sum(natural[index] for index in keep) + 1 <= width:
+            break
+        if name in columns and columns.index(name) in keep:
+            keep.remove(columns.index(name))
+            hidden.append(name)
+    return keep, hidden
+
+
+# Columns a Rich table leaves out first when the terminal is too narrow for all.
+DROP_FIRST = [
+    "consumed", "queued", "available", "lock", "dead", "fill/s", "threshold", "size", "acks", "pop/s", "fill %",
+]
 
 
 def _cells(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
