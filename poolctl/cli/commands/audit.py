@@ -41,10 +41,11 @@ def audit(
     _print(rt, result)
     summary = (f"{len(result.errors)} errors, {len(result.warnings)} warnings in {result.pools_checked} pools "
                f"({result.seconds:.2f}s)")
+    if not rt.json_mode:  # the verdict is data too: scripts and people read it on stdout
+        rt.out.line(f"audit: {'every invariant holds' if result.ok else 'invariants broken'}: {summary}")
     if not result.ok:
         sys.stderr.write(f"poolctl: audit: invariants broken: {summary}\n")
         raise typer.Exit(int(ExitCode.FAILED))
-    sys.stderr.write(f"audit: every invariant holds: {summary}\n")
 
 
 def _print(rt: Runtime, result: AuditResult) -> None:
