@@ -146,7 +146,7 @@ class PoolConsumer:
     def _decode(self, keys: PoolKeys, result: PopResult) -> list[Item]:
         if result.dead:
             log.error("pool %s group %d: %d malformed items moved to %s", keys.pool_type, keys.group, result.dead, keys.dead)
-        items, rejected = decode_popped(result.joined, result.ids, result.lengths)
+        items, rejected = decode_popped(result.joined, result.ids)
         for item_id, raw, reason in rejected:
             # The Lua check passed but Python rejects it (invalid UTF-8,
             # say): keep it for the operator, and take back its ack so

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring as _quote  # the C string quoter json.dumps uses without ASCII escaping
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Source = Literal["pool", "sql"]
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One text item: its SQL id, its text and where the consumer got it from."""
+class Item(NamedTuple):
+    """One text item: its SQL id, its text and where the consumer got it from.
+
+    A named tuple rather than a dataclass: a pop of 100 creates 100 of them,
+    and a tuple is made in half the time.
+    """
 
     id: int
     text: str
@@ -51,34 +53,26 @@ def decode_item(raw: bytes | str) -> Item:
     return Item(id=item_id, text=text)
 
 
-def decode_popped(joined: bytes, ids: list[int], lengths: list[int]) -> tuple[list[Item], list[tuple[int, bytes, str]]]:
-    """Parse the entries one pop returned, joined by commas, whose ids the pop step read.
+def decode_popped(joined: bytes, ids: list[int]) -> tuple[list[Item], list[tuple[int, bytes, str]]]:
+    """Parse the entries one pop returned, joined by newlines, whose ids the pop step read and acked.
 
     Returns the items and the rejected entries as (id, entry, reason): an
     entry Python cannot parse, or whose id is not the one the pop recorded in
-    acks. The common case is one json.loads of the whole batch as an array;
-    only when that fails or disagrees with ids is each entry parsed alone.
+    acks. The common case is one json.loads of the whole batch as an array,
+    checked as a whole; only when that fails is each entry parsed alone.
     """
+    if not ids:
+        return [], []
     try:
-        parsed = json.loads("[" + joined.decode() + "]")
-    except ValueError:  # UnicodeDecodeError included
-        parsed = None
-    if isinstance(parsed, list) and len(parsed) == len(ids):
-        items = []
-        for data, item_id in zip(parsed, ids):
-            if type(data) is not dict or type(data.get("id")) is not int or data["id"] != item_id:
-                break
-            text = data.get("text")
-            if type(text) is not str:
-                break
-            items.append(Item(item_id, text))
-        else:
-            return items, []
+        parsed = json.loads("[" + joined.decode().replace("\n", ",") + "]")
+        texts = [data["text"] for data in parsed]
+        same_ids = [data["id"] for data in parsed] == ids
+    except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
+        same_ids = False
+    if same_ids and all(type(text) is str for text in texts):
+        return list(map(Item, ids, texts)), []
     items, rejected = [], []
-    start = 0
-    for item_id, length in zip(ids, lengths, strict=True):
-        raw = joined[start : start + length]
-        start += length + 1
+    for item_id, raw in zip(ids, joined.split(b"\n"), strict=True):
         try:
             item = decode_item(raw)
         except MalformedItem as exc:

@@ -76,6 +76,11 @@ class PoolKeys:
     sentinel: str
     acks_since: str
 
+    def __hash__(self) -> int:
+        # The pool key names the pool; hashing one string instead of nine
+        # matters on the pop path, which looks a pool up several times a pop.
+        return hash(self.pool)
+
     def popped(self, bucket: int) -> str:
         """Return the key counting items popped from this pool in one rate bucket."""
         return f"{self.pool}{POPPED_INFIX}{bucket}"

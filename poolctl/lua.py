@@ -162,14 +162,14 @@ return length + n
 )
 
 # Shared helper: the id of an entry in the exact form poolctl writes,
-# {"id":<digits>,"text":"..."}, or nil. A cheap pattern instead of
-# a JSON parse: what passes it still goes through Python's parser, which
-# checks the id again and sets aside what is not valid JSON (SET_ASIDE).
+# {"id":<digits>,"text":"..."}, or nil. A cheap check instead of a JSON parse:
+# what passes it still goes through Python's parser, which checks the id
+# again and sets aside what is not valid JSON (SET_ASIDE).
 _QUICK_ID = """
 local function quick_id(value)
-  local id = string.match(value, '^{"id":([1-9]%d*),"text":"')
-  if id and #id < 16 and string.sub(value, -2) == '"}' then
-    return id
+  local _, last = string.find(value, '^{"id":[1-9]%d*,"text":"')
+  if last and last <= 30 and string.byte(value, -1) == 125 and string.byte(value, -2) == 34 then
+    return string.sub(value, 7, last - 9)
   end
   return nil
 end
@@ -179,19 +179,19 @@ end
 # Pops up to count items and records each one's id in acks in the same step,
 # so an item a poolctl consumer takes is never without its ack, and counts the
 # items in the popped counter. Entries that are not valid items go to the
-# dead-letter list instead of to the caller. When acks was empty before,
-# acks_since gets now_ms, so that an audit can tell how long acks have waited
-# for a flush. Returns {acks length, dead-lettered, the ids joined by ",",
-# the items' byte lengths joined by ",", the items joined by ","}: a flat reply
-# of five values whatever the count, which the caller parses with one
-# json.loads instead of one parse per item.
+# dead-letter list instead of to the caller, and so do entries with a raw
+# newline, which valid JSON never has. When acks was empty before, acks_since
+# gets now_ms, so that an audit can tell how long acks have waited for a flush.
+# Returns one string, "acks length|dead-lettered|ids joined by ,|items joined
+# by newlines": one bulk reply whatever the count, which the caller splits at
+# the first three "|" and parses with one json.loads.
 POP = (
     _ITEM_ID
     + _QUICK_ID
     + _COUNT
     + """
 local want = tonumber(ARGV[1])
-local items, ids, lengths, bad = {}, {}, {}, 0
+local items, ids, bad = {}, {}, 0
 while #items < want do
   local raw = redis.call('RPOP', KEYS[1], want - #items)
   if not raw then
@@ -199,10 +199,9 @@ while #items < want do
   end
   for _, value in ipairs(raw) do
     local id = quick_id(value) or item_id(value)
-    if id then
+    if id and not string.find(value, '\\n', 1, true) then
       items[#items + 1] = value
       ids[#ids + 1] = id
-      lengths[#lengths + 1] = #value
     else
       redis.call('LPUSH', KEYS[3], value)
       bad = bad + 1
@@ -221,7 +220,7 @@ if #ids > 0 then
 else
   acks = redis.call('LLEN', KEYS[2])
 end
-return {acks, bad, table.concat(ids, ','), table.concat(lengths, ','), table.concat(items, ',')}
+return acks .. '|' .. bad .. '|' .. table.concat(ids, ',') .. '|' .. table.concat(items, '\\n')
 """
 )
 

@@ -74,22 +74,17 @@ class PoolSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PopResult:
-    """The result of one pop step: the popped entries joined by commas, their ids and lengths, and counts."""
+    """The result of one pop step: the popped entries joined by newlines, their ids, and counts."""
 
-    joined: bytes  # the entries, joined by b","
+    joined: bytes  # the entries, joined by b"\n" (valid entries never hold a raw newline)
     ids: list[int]
-    lengths: list[int]  # of each entry in bytes, to split joined when it does not parse as one JSON array
     acks: int  # length of the acks list after the pop
     dead: int  # entries moved to the dead-letter list
 
     @property
     def raw(self) -> list[bytes]:
         """The popped entries, one by one."""
-        entries, start = [], 0
-        for length in self.lengths:
-            entries.append(self.joined[start : start + length])
-            start += length + 1
-        return entries
+        return self.joined.split(b"\n") if self.ids else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,12 +384,11 @@ class RedisStore:
             cached = self._pop_commands[keys] = (bucket, b"*11\r\n" + head)
         command = cached[1] + _pack_parts(str(count).encode(), str(int(now * 1000)).encode(), _COUNTER_TTL)
         with self.errors(keys):
-            acks, dead, ids, lengths, joined = self._pop_on_own_connection(command)
-        if not ids:
-            return PopResult(b"", [], [], acks, dead)
-        return PopResult(joined, [int(value) for value in ids.split(b",")], [int(value) for value in lengths.split(b",")], acks, dead)
+            reply = self._pop_on_own_connection(command)
+        acks, dead, ids, joined = reply.split(b"|", 3)
+        return PopResult(joined, [int(value) for value in ids.split(b",")] if ids else [], int(acks), int(dead))
 
-    def _pop_on_own_connection(self, command: bytes) -> list[Any]:
+    def _pop_on_own_connection(self, command: bytes) -> bytes:
         """Send a packed EVALSHA of POP on a connection this store keeps for pops, and return the reply.
 
         A pop is the call a consumer makes in a tight loop. Taking a

@@ -134,7 +134,7 @@ def test_pop_empty_pool_returns_nothing(redis_backend: Backend) -> None:
     [b"not json", b"[1, 2]", b'{"text": "no id"}', b'{"id": "7", "text": "string id"}', b'{"id": 7}',
      b'{"id": -1, "text": "negative"}', b'{"id": 1.5, "text": "fraction"}', b'{"id": 7, "text": 5}',
      b'{"id": 1e3, "text": "exponent"}', b'{"id": 7.0, "text": "float"}', b'{"id": true, "text": "bool"}',
-     b'{"id": 7, "text": null}', b'"just a string"', b""],
+     b'{"id": 7, "text": null}', b'"just a string"', b"", b'{"id":7,"text":"raw\nnewline"}'],
 )
 def test_pop_moves_malformed_item_to_dead(redis_backend: Backend, bad: bytes) -> None:
     client = redis_backend.redis_client
