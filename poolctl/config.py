@@ -107,6 +107,9 @@ class FillSettings(_Section):
     min_interval_s: float = Field(0.05, gt=0)
     lock_ttl_s: float = Field(60.0, gt=0)
     discover_interval_s: float = Field(30.0, gt=0)
+    # `fill --watch` fills a pool that drains fast while it still holds this
+    # many seconds of pops at its current drain rate, even above its threshold.
+    lead_s: float = Field(0.5, ge=0)
 
 
 class AckSettings(_Section):

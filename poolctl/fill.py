@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from poolctl.acks import flush_acks
@@ -112,8 +112,19 @@ class Filler:
             targets.extend(self.store.keys(pool_type, g) for g in groups)
         return targets
 
-    def run_pass(self, targets: Sequence[PoolKeys], flush: bool = True) -> PassResult:
-        """Read all lengths in one round trip, fill the pools at or below threshold, flush pending acks."""
+    def run_pass(
+        self,
+        targets: Sequence[PoolKeys],
+        flush: bool = True,
+        thresholds: Mapping[PoolKeys, int] | None = None,
+        flush_min_acks: int = 1,
+    ) -> PassResult:
+        """Read all lengths in one round trip, fill the pools at or below threshold, flush pending acks.
+
+        thresholds raises the threshold of single pools for this pass (the
+        watch loop does that for pools that drain fast); flush_min_acks skips
+        the ack flush of pools with fewer pending acks.
+        """
         started = time.monotonic()
         result = PassResult()
         lengths = self.store.lengths(targets)
@@ -125,10 +136,11 @@ class Filler:
                 result.wrong_type.append(keys.pool if length.pool < 0 else keys.acks)
                 continue
             result.lengths[keys] = length.pool
+            threshold = max(spec.threshold, thresholds.get(keys, 0)) if thresholds else spec.threshold
             try:
-                if length.pool <= spec.threshold:
-                    result.fills.append(self.fill_pool(keys, length.pool))
-                if flush and length.acks > 0:
+                if length.pool <= threshold:
+                    result.fills.append(self.fill_pool(keys, length.pool, threshold))
+                if flush and length.acks >= max(flush_min_acks, 1):
                     result.acks_flushed += len(flush_acks(self.store, self.db, keys, self.settings.acks.batch))
             except WrongKeyType as exc:
                 # One damaged pool must not stop the others from being filled.
@@ -136,8 +148,14 @@ class Filler:
         result.seconds = time.monotonic() - started
         return result
 
-    def fill_pool(self, keys: PoolKeys, length: int) -> PoolFill:
-        """Top one pool up to its size under its fill lock, reconciling it first when it needs that."""
+    def fill_pool(self, keys: PoolKeys, length: int, threshold: int | None = None) -> PoolFill:
+        """Top one pool up to its size under its fill lock, reconciling it first when it needs that.
+
+        The pool is filled when, read under the lock, it is at or below
+        threshold (default: the pool type's).
+        """
+        if threshold is None:
+            threshold = self.settings.pools[keys.pool_type].threshold
         started = time.monotonic()
         fill = PoolFill(keys.pool_type, keys.group, length, length)
         locked = self.store.acquire_lock(keys, self.token, self.settings.fill.lock_ttl_s)
@@ -147,7 +165,7 @@ class Filler:
             return fill
         fill.length_before = fill.length_after = locked.length
         try:
-            if self._reconcile_first(keys, locked, fill) and locked.length <= self.settings.pools[keys.pool_type].threshold:
+            if self._reconcile_first(keys, locked, fill) and locked.length <= threshold:
                 self._fill_locked(keys, fill)
         finally:
             self._release(keys)

@@ -1,9 +1,18 @@
 """The fill daemon: repeated fill passes that keep up with consumption and survive outages.
 
-Between passes the loop sleeps `fill.interval_s`, or less when a pool drains
-fast enough to reach its threshold sooner. It estimates each pool's drain rate
-from the lengths of consecutive passes and wakes at half the projected time to
-threshold, but never more often than every `fill.min_interval_s`.
+Between passes the loop reads every pool's length, in one round trip, every
+`fill.min_interval_s` (less often when that read itself is slow: it never
+takes more than a tenth of the time). From those lengths it keeps each pool's
+drain rate, and it starts the next pass as soon as a pool reaches its
+threshold, or holds less than `fill.lead_s` seconds of pops at its drain rate:
+for such a pool the pass raises the threshold to that many items. Without
+such a pool the next pass comes after `fill.interval_s`. A pool that drains at
+10,000 items/s is so topped up while it still holds 5,000, instead of after it
+ran dry waiting for the next interval.
+
+Pending acks are flushed by the pass at each interval; passes in between
+flush only pools with more than two ack batches waiting, so that the daemon
+does not race the consumers' own flushes.
 
 When Redis or SQL cannot be reached, the loop logs one warning, then probes
 the service with a backoff from BACKOFF_START_S doubling up to BACKOFF_MAX_S,
@@ -53,6 +62,12 @@ class _Sample:
     at: float
 
 
+# A drain rate estimate moves this far towards each new measurement.
+RATE_WEIGHT = 0.5
+# Lengths between passes are read at most this share of the time.
+POLL_SHARE = 0.1
+
+
 class Watcher:
     """Runs fill passes until stopped; one instance per `poolctl fill --watch` process."""
 
@@ -75,6 +90,9 @@ class Watcher:
         self.targets: list[PoolKeys] = []
         self._next_discover = 0.0
         self._samples: dict[PoolKeys, _Sample] = {}
+        self._rates: dict[PoolKeys, float] = {}  # items popped per second, estimated from the lengths read
+        self._next_flush = 0.0  # when the next pass flushes every pool's pending acks
+        self._poll_s = settings.fill.min_interval_s
         self._down: dict[str, float] = {}  # service name -> when it went down (monotonic), while it is down
         self._wrong_type: set[str] = set()  # keys already reported as holding the wrong type
         self.passes = 0
@@ -97,7 +115,7 @@ class Watcher:
             backoff = BACKOFF_START_S
             if self.events is not None:
                 self.events.pass_done(result)
-            self.stop.wait(self.next_wait(result))
+            self._wait_for_next_pass(self.next_wait(result))
         self._final_flush()
         log.info("fill watch stopped after %d passes", self.passes)
 
@@ -109,10 +127,77 @@ class Watcher:
             known = set(self.targets)
             self.targets.extend(keys for keys in found if keys not in known)
             self._next_discover = now + self.settings.fill.discover_interval_s
-        result = self.filler.run_pass(self.targets)
+        flush_all = now >= self._next_flush
+        if flush_all:
+            self._next_flush = now + self.settings.fill.interval_s
+        result = self.filler.run_pass(
+            self.targets, thresholds=self.thresholds(),
+            flush_min_acks=1 if flush_all else 2 * self.settings.acks.batch + 1,
+        )
         self.passes += 1
+        after = time.monotonic()
+        fills = {(fill.pool_type, fill.group): fill for fill in result.fills}
+        for keys, length in result.lengths.items():
+            fill = fills.get((keys.pool_type, keys.group))
+            self._observe(keys, fill.length_after if fill is not None and fill.pushed else length, after)
         self._report(result)
         return result
+
+    def thresholds(self) -> dict[PoolKeys, int]:
+        """The raised threshold of each pool that drains fast: the items it pops in fill.lead_s."""
+        raised = {}
+        for keys, rate in self._rates.items():
+            spec = self.settings.pools[keys.pool_type]
+            lead = int(rate * self.settings.fill.lead_s)
+            if lead > spec.threshold:
+                raised[keys] = min(lead, spec.size - 1)
+        return raised
+
+    def _observe(self, keys: PoolKeys, length: int, now: float) -> None:
+        """Record a pool's length, updating its drain rate while it shrinks and letting it decay while it rests."""
+        previous = self._samples.get(keys)
+        self._samples[keys] = _Sample(length, now)
+        if previous is None or now <= previous.at:
+            return
+        rate = self._rates.get(keys, 0.0)
+        if length < previous.length:
+            measured = (previous.length - length) / (now - previous.at)
+            self._rates[keys] = measured if rate == 0.0 else rate + RATE_WEIGHT * (measured - rate)
+        elif length == previous.length and rate:
+            rate *= 1 - RATE_WEIGHT
+            if rate < 1.0:
+                self._rates.pop(keys, None)
+            else:
+                self._rates[keys] = rate
+        # A longer pool was filled in between: that says nothing about its drain rate.
+
+    def _wait_for_next_pass(self, wait: float) -> None:
+        """Sleep up to wait seconds, reading the pool lengths meanwhile; return early when a pool needs a fill."""
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= self._poll_s or not self.targets:
+                self.stop.wait(max(remaining, 0.0))
+                return
+            if self.stop.wait(self._poll_s):
+                return
+            started = time.monotonic()
+            try:
+                lengths = self.filler.store.lengths(self.targets)
+            except ServiceUnavailable:
+                return  # the pass reports it and backs off
+            now = time.monotonic()
+            self._poll_s = max(self.settings.fill.min_interval_s, (now - started) / POLL_SHARE)
+            due = False
+            raised = self.thresholds()
+            for keys, length in zip(self.targets, lengths, strict=True):
+                if length.pool < 0:
+                    continue  # a key of the wrong type: the pass reports it
+                self._observe(keys, length.pool, now)
+                threshold = max(self.settings.pools[keys.pool_type].threshold, raised.get(keys, 0))
+                due = due or length.pool <= threshold
+            if due:
+                return
 
     def _report(self, result: PassResult) -> None:
         recovered = [fill for fill in result.fills if fill.sentinel_missing]
@@ -137,24 +222,11 @@ class Watcher:
         self._wrong_type = set(result.wrong_type)
 
     def next_wait(self, result: PassResult) -> float:
-        """Seconds until the next pass: the interval, or sooner for a pool that drains fast."""
-        interval = self.settings.fill.interval_s
-        floor = self.settings.fill.min_interval_s
-        fills = {(fill.pool_type, fill.group): fill for fill in result.fills}
-        wait = interval
-        now = time.monotonic()
-        for keys, length in result.lengths.items():
-            spec = self.settings.pools[keys.pool_type]
-            fill = fills.get((keys.pool_type, keys.group))
-            if fill is not None and fill.outcome == "filled" and fill.length_after < spec.size:
-                wait = floor  # still short of its size while SQL has rows: go again at once
-            previous = self._samples.get(keys)
-            self._samples[keys] = _Sample(fill.length_after if fill else length, now)
-            if previous is None or length >= previous.length or now <= previous.at:
-                continue
-            rate = (previous.length - length) / (now - previous.at)
-            wait = min(wait, max(length - spec.threshold, 0) / rate / 2)
-        return max(floor, min(wait, interval))
+        """Seconds until the next pass: soon for a pool a fill left short of its size, else the interval."""
+        for fill in result.fills:
+            if fill.outcome == "filled" and fill.length_after < self.settings.pools[fill.pool_type].size:
+                return self.settings.fill.min_interval_s  # still short while SQL has rows: go again soon
+        return self.settings.fill.interval_s
 
     def _service_down(self, exc: ServiceUnavailable) -> None:
         name = "a service"

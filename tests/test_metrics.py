@@ -49,6 +49,8 @@ def wait_until(condition, description: str, limit_s: float = 60.0) -> None:  # t
 def test_metrics_match_stats_json(loaded: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
     process_env = {**{name: value for name, value in os.environ.items() if not name.startswith("POOLCTL_")}, **loaded}
+    # The 7 items popped below must stay popped: no early refill of a pool that looks like it drains fast.
+    process_env["POOLCTL_FILL_LEAD_S"] = "0"
     filler = subprocess.Popen(
         [sys.executable, "-m", "poolctl", "fill", "--watch", "--interval", "0.2", "--metrics-port", str(port), "-q"],
         env=process_env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,

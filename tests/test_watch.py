@@ -70,3 +70,37 @@ def test_watch_stops_and_flushes_acks(mariadb_redis: Backend) -> None:
     assert backend.redis_client.exists(keys.lock) == 0
     counts = backend.db.state_counts("titles")[1]
     assert (counts.consumed, counts.queued) == (3, 27)
+
+
+def test_watch_refills_between_intervals(mariadb_redis: Backend) -> None:
+    """A pool popped down to its threshold is refilled at once, not at the next interval 30 s away."""
+    backend = mariadb_redis
+    load_rows(backend.db, "titles", [(1, 1, f"item {n}") for n in range(200)])
+    keys = backend.store.keys("titles", 1)
+    size = backend.settings.pools["titles"].size
+    thread, stop = start_watcher(backend, interval_s=30.0, min_interval_s=0.02)
+    try:
+        assert wait_until(lambda: backend.redis_client.llen(keys.pool) == size)
+        backend.store.pop(keys, size - backend.settings.pools["titles"].threshold)
+        assert wait_until(lambda: backend.redis_client.llen(keys.pool) == size, timeout_s=5.0)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_fast_drain_raises_the_threshold(sqlite_fake: Backend) -> None:
+    settings = make_settings(sqlite_fake.settings, fill={"lead_s": 0.5})
+    watcher = Watcher(settings, sqlite_fake.store, sqlite_fake.db, pool_types=["titles"])
+    keys = sqlite_fake.store.keys("titles", 1)
+    spec = settings.pools["titles"]  # size 50, threshold 10 in the test settings
+    watcher._observe(keys, 50, 100.0)
+    watcher._observe(keys, 45, 101.0)  # 5 items/s: 2.5 items in lead_s, below the threshold
+    assert watcher.thresholds() == {}
+    watcher._observe(keys, 5, 101.5)  # 80 items/s measured: the estimate moves halfway there
+    assert watcher.thresholds() == {keys: min(int(42.5 * 0.5), spec.size - 1)}
+    watcher._observe(keys, 50, 102.0)  # filled: says nothing about the rate
+    assert keys in watcher.thresholds()
+    for at in (103.0, 104.0, 105.0, 106.0, 107.0, 108.0):
+        watcher._observe(keys, 50, at)  # resting: the rate decays and the raise goes
+    assert watcher.thresholds() == {}
