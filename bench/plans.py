@@ -5,10 +5,13 @@ back through its before_commit hook) and a real fallback pop (undone
 afterwards) run with a cursor that records each statement. The first
 SELECT of each is then EXPLAINed with its own parameters.
 
-Both tables have the same layout: 5 groups, 50 batches, and in every group
-the same number of available rows spread evenly over the ids; every other
-row is consumed. Only the count of consumed rows differs, so a fill pass
-with a fitting index costs the same on both.
+Both tables have 5 groups and 50 batches, ids rising with the batch, as
+rows that were loaded over time. The oldest rows, the same number in both
+tables, are available, and every newer row is consumed, as after fills
+that serve the newest batch first. So a fill reads the same rows on the
+same number of pages in both tables, and only the amount of consumed
+history differs. An index without the status column would have to step
+through all of that history in fill order, which the large table would show.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ def run(env: BenchEnv, scale: Scale) -> list[Result]:
         claim = _explain(env, *_record_claim(db, "large"))
         fallback = _explain(env, *_record_fallback(env, db, "large"))
         filler = Filler(settings, store, db)
+        discover_plans = [_explain(env, query, args) for query, args in _record_discover(db, filler, "large")]
 
         def fill_pass(name: str) -> float:
             keys = store.keys(name, FILL_GROUP)
@@ -131,14 +135,13 @@ def run(env: BenchEnv, scale: Scale) -> list[Result]:
                baseline=f"Filler.discover on {small} rows", baseline_samples=discovered["small"],
                detail=f"Filler.discover on {large} rows: the group queries that `poolctl fill` runs first "
                "and `fill --watch` repeats every discover interval"),
+        Result("plans", "plans.discover_query", "", detail=f"EXPLAIN on {large} rows: " + "; ".join(
+            f"{plan.describe()} for {plan.statement}" for plan in discover_plans)),
     ]
 
 
 def _generate(env: BenchEnv, table: str, rows: int, available_per_group: int, pool_size: int) -> None:
-    per_group = rows // GROUPS
-    step = max(1, per_group // available_per_group)
-    # Row seq is in group 1 + seq % GROUPS at position seq div GROUPS within it; every step-th position is available.
-    status = f"IF((seq div {GROUPS}) % {step} = 0, {AVAILABLE}, {CONSUMED})"
+    status = f"IF(seq <= {available_per_group * GROUPS}, {AVAILABLE}, {CONSUMED})"
     generate_rows(env, table, "id, group_id, batch_id, status, title",
                   f"seq, 1 + seq % {GROUPS}, 1 + seq * {BATCHES} div {rows}, {status}, CONCAT('标题 ', seq)", rows)
     found = env.query(f"SELECT COUNT(*) FROM `{table}` WHERE group_id = %s AND status = %s", (FILL_GROUP, AVAILABLE))
@@ -189,6 +192,16 @@ def _record_fallback(env: BenchEnv, db: Database, pool_type: str) -> tuple[str, 
         raise RuntimeError(f"the fallback pop found no available row in plans_{pool_type}")
     env.execute(f"UPDATE `plans_{pool_type}` SET status = %s WHERE id = %s", (AVAILABLE, row.id))
     return _first_select(statements, "fallback pop")
+
+
+def _record_discover(db: Database, filler: Filler, pool_type: str) -> list[tuple[str, Any]]:
+    """Run Filler.discover; return the SELECTs it sent, with their parameters."""
+    conn = _recording(db)
+    try:
+        filler.discover([pool_type])
+    finally:
+        statements = _stop_recording(conn)
+    return [(query, args) for query, args in statements if query.lstrip().upper().startswith("SELECT")]
 
 
 def _explain(env: BenchEnv, query: str, args: Any) -> Plan:
