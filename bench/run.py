@@ -39,6 +39,18 @@ BENCHMARKS: dict[str, Callable[[BenchEnv, Scale], list[Result]]] = {
 }
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """Return an argparse type that accepts an integer of at least minimum."""
+
+    def count(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return count
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -49,10 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help="Smaller data and fewer rounds: about one minute.")
     size.add_argument("--smoke", action="store_true",
                       help="Tiny data, one round, no warm-up: checks that everything runs; the figures mean nothing.")
+
     parser.add_argument("--only", action="append", metavar="NAME",
                         help=f"Run only these benchmarks (repeat, or separate with commas): {', '.join(BENCHMARKS)}.")
-    parser.add_argument("--rounds", type=int, metavar="N", help="Measured rounds per benchmark, overriding the mode's.")
-    parser.add_argument("--warmup", type=int, metavar="N", help="Warm-up rounds per benchmark, overriding the mode's.")
+    parser.add_argument("--rounds", type=at_least(1), metavar="N", help="Measured rounds per benchmark, overriding the mode's.")
+    parser.add_argument("--warmup", type=at_least(0), metavar="N", help="Warm-up rounds per benchmark, overriding the mode's.")
     parser.add_argument("--json", type=Path, metavar="PATH", help="Also write the results as JSON to this file.")
     parser.add_argument("--results", type=Path, metavar="PATH",
                         help="Write the machine and the table into this Markdown file (e.g. bench/RESULTS.md), "
@@ -60,21 +73,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="Write a cProfile file per timed code path to DIR (the last round's). Profiling slows "
                         "the profiled side, so ratios from such a run are not comparable.")
+
     parser.add_argument("--mysql-url", default="mysql://root@127.0.0.1:3306",
                         help="MariaDB server to create the run's database on (default: %(default)s).")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
                         help="Redis server for the run's keys (default: %(default)s).")
     parser.add_argument("-v", "--verbose", action="store_true", help="Log debug lines and tracebacks.")
     args = parser.parse_args(argv)
+
     selected = [name.strip() for value in (args.only or []) for name in value.split(",") if name.strip()]
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     args.selected = [name for name in BENCHMARKS if name in selected] if selected else list(BENCHMARKS)
-    for option in ("rounds", "warmup"):
-        value = getattr(args, option)
-        if value is not None and value < (1 if option == "rounds" else 0):
-            parser.error(f"--{option} must be at least {1 if option == 'rounds' else 0}, got {value}")
     return args
 
 
@@ -125,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     drop_poolctl_environment()
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = "full"
+    if args.smoke:
+        mode = "smoke"
+    elif args.quick:
+        mode = "quick"
     scale = SCALES[mode].with_rounds(args.rounds, args.warmup)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
@@ -28,11 +29,12 @@ TARGET_ROWS = {
 # Rows without a target that the suite must still report.
 REPORTED_ROWS = TARGET_ROWS | {"keepup.delivered", "memory.idle_rss"}
 BENCHMARKS = {"fill", "keepup", "pop", "idle", "plans", "startup", "memory"}
+SmokeRun = tuple[subprocess.CompletedProcess[str], dict[str, Any], str]  # process, JSON document, results file
 RESULTS_TEMPLATE = "# Results\n\nKept by hand.\n\n<!-- bench:begin -->\nold table\n<!-- bench:end -->\n\nAlso kept.\n"
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict, str]:
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
     """Run `python -m bench.run --smoke` once, writing JSON and a results file."""
     folder = tmp_path_factory.mktemp("bench")
     results_file = folder / "RESULTS.md"
@@ -50,7 +52,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
 @pytest.mark.mariadb
 @pytest.mark.redis
 @pytest.mark.slow
-def test_bench_smoke_run_exits_zero(smoke_run: tuple[subprocess.CompletedProcess[str], dict, str]) -> None:
+def test_bench_smoke_run_exits_zero(smoke_run: SmokeRun) -> None:
     completed, _, _ = smoke_run
     assert completed.returncode == 0, f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr[-4000:]}"
 
@@ -58,7 +60,7 @@ def test_bench_smoke_run_exits_zero(smoke_run: tuple[subprocess.CompletedProcess
 @pytest.mark.mariadb
 @pytest.mark.redis
 @pytest.mark.slow
-def test_bench_json_has_every_row(smoke_run: tuple[subprocess.CompletedProcess[str], dict, str]) -> None:
+def test_bench_json_has_every_row(smoke_run: SmokeRun) -> None:
     _, document, _ = smoke_run
     assert document.get("schema") == 1, document
     assert document["mode"] == "smoke"
@@ -73,7 +75,7 @@ def test_bench_json_has_every_row(smoke_run: tuple[subprocess.CompletedProcess[s
 @pytest.mark.mariadb
 @pytest.mark.redis
 @pytest.mark.slow
-def test_bench_rows_are_consistent(smoke_run: tuple[subprocess.CompletedProcess[str], dict, str]) -> None:
+def test_bench_rows_are_consistent(smoke_run: SmokeRun) -> None:
     _, document, _ = smoke_run
     for row in document["results"]:
         name = row["name"]
@@ -92,7 +94,7 @@ def test_bench_rows_are_consistent(smoke_run: tuple[subprocess.CompletedProcess[
 @pytest.mark.mariadb
 @pytest.mark.redis
 @pytest.mark.slow
-def test_bench_prints_table_with_every_row(smoke_run: tuple[subprocess.CompletedProcess[str], dict, str]) -> None:
+def test_bench_prints_table_with_every_row(smoke_run: SmokeRun) -> None:
     completed, document, _ = smoke_run
     lines = completed.stdout.splitlines()
     assert lines[0].split() == ["benchmark", "unit", "median", "min", "max", "baseline", "ratio", "target", "result"]
@@ -104,7 +106,7 @@ def test_bench_prints_table_with_every_row(smoke_run: tuple[subprocess.Completed
 @pytest.mark.mariadb
 @pytest.mark.redis
 @pytest.mark.slow
-def test_bench_results_file_keeps_other_text(smoke_run: tuple[subprocess.CompletedProcess[str], dict, str]) -> None:
+def test_bench_results_file_keeps_other_text(smoke_run: SmokeRun) -> None:
     _, _, results = smoke_run
     assert results.startswith("# Results\n\nKept by hand.\n\n<!-- bench:begin -->\n"), results[:200]
     assert results.endswith("<!-- bench:end -->\n\nAlso kept.\n"), results[-200:]
@@ -116,7 +118,7 @@ def test_bench_results_file_keeps_other_text(smoke_run: tuple[subprocess.Complet
 @pytest.mark.mariadb
 @pytest.mark.redis
 @pytest.mark.slow
-def test_bench_removes_database_and_keys(smoke_run: tuple[subprocess.CompletedProcess[str], dict, str]) -> None:
+def test_bench_removes_database_and_keys(smoke_run: SmokeRun) -> None:
     _, document, _ = smoke_run
     conn = pymysql.connect(**MARIADB_ROOT)
     try:
