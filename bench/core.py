@@ -49,7 +49,7 @@ class Scale:
 
 
 FULL = Scale(
-    mode="full", warmup=1, rounds=3, fast_rounds=15,
+    mode="full", warmup=1, rounds=4, fast_rounds=15,
     fill_titles=200_000, fill_bodies=40_000, fill_groups=8,
     keepup_rate=10_000, keepup_seconds=15.0, keepup_rounds=3,
     pop_single=20_000, pop_many=200_000,

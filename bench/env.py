@@ -84,7 +84,7 @@ class BenchEnv:
     # -- set-up and clean-up ------------------------------------------------
 
     def open(self) -> None:
-        """Create the run's database and check that Redis answers."""
+        """Create the run's database and check that Redis responds to PING."""
         server = self._connect(database=None)
         with server.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
@@ -161,7 +161,7 @@ class BenchEnv:
     def delete_keys(self, prefix: str) -> int:
         """Delete every Redis key under prefix (which must lie under the run's own prefix)."""
         if not prefix.startswith(self.key_prefix):
-            raise ValueError(f"refusing to delete keys under {prefix!r}: not under this run's prefix {self.key_prefix!r}")
+            raise ValueError(f"deleting keys under {prefix!r} rejected: not under this run's prefix {self.key_prefix!r}")
         deleted = 0
         batch: list[bytes] = []
         for key in self.redis.scan_iter(match=prefix + "*", count=SCAN_COUNT):

@@ -7,9 +7,10 @@ is empty and then flushes its remaining acks inside the timed part, because
 a consumer owes that work for every item it popped. The raw loops only RPOP.
 
 The main rows use the consumer's default settings. The info rows take the
-cost apart: the same consumer runs with the time spent in its ack flushes
-taken out, and RedisStore.pop runs alone (the Lua pop script with its acks,
-no decoding and no flush).
+cost apart: the same runs without the time spent in flush_acks() calls made
+in the popping thread, and RedisStore.pop alone (the Lua pop script with
+its acks, no decoding and no flush). A consumer that flushes in another
+thread keeps that work in its main row and out of the info row.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ QUEUED = 2
 
 
 class FlushTimer:
-    """Adds up the seconds a consumer spends in flush_acks, including the flushes its pops trigger."""
+    """Adds up the seconds that the popping thread spends in a consumer's flush_acks, including flushes its pops trigger."""
 
     def __init__(self, consumer: PoolConsumer) -> None:
         self.seconds = 0.0
@@ -122,10 +123,10 @@ def run(env: BenchEnv, scale: Scale) -> list[Result]:
                target=Target(">=", 0.5), detail=f"PoolConsumer.pop_many({MANY}), default settings; {hundred}"),
         Result("pop", "pop.one_without_flush", "items/s", values["consumer_one_without_flush"],
                baseline="raw RPOP, one per round trip", baseline_samples=values["raw_one"],
-               detail="the pop.one runs with the time spent in ack flushes taken out"),
+               detail="the pop.one runs without the time spent in flush_acks() in the popping thread"),
         Result("pop", "pop.many100_without_flush", "items/s", values["consumer_many_without_flush"],
                baseline=f"raw RPOP with count {MANY}", baseline_samples=values["raw_many"],
-               detail="the pop.many100 runs with the time spent in ack flushes taken out"),
+               detail="the pop.many100 runs without the time spent in flush_acks() in the popping thread"),
         Result("pop", "pop.one_lua_only", "items/s", values["store_one"],
                baseline="raw RPOP, one per round trip", baseline_samples=values["raw_one"],
                detail="RedisStore.pop(keys, 1): the Lua pop script with acks, no decoding, no flush"),

@@ -53,9 +53,10 @@ def _meminfo_kib(field: str) -> int:
 
 
 def _git_commit() -> str:
+    """Return the last commit that changed poolctl/, marked when poolctl/ has uncommitted changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
+        commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", "poolctl"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "poolctl"], cwd=REPO_ROOT, capture_output=True,
                                text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -126,7 +127,8 @@ def markdown(results: Sequence[Result], machine: dict[str, Any], command: str, s
     rule = "|" + "|".join("---:" if index in (2, 3, 4, 5, 6) else "---" for index in range(len(COLUMNS))) + "|"
     body = ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(results)]
     lines = [
-        f"Run: `{command}` ({mode} mode, {seconds / 60:.1f} minutes), poolctl commit {machine['poolctl_commit']}.",
+        f"Run: `{command}` ({mode} mode, {seconds / 60:.1f} minutes) on poolctl as of commit "
+        f"{machine['poolctl_commit']}.",
         "",
         "| machine | |",
         "|---|---|",

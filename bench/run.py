@@ -12,7 +12,6 @@ import argparse
 import datetime
 import logging
 import os
-import shlex
 import signal
 import sys
 import time
@@ -89,6 +88,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def describe_command(args: argparse.Namespace) -> str:
+    """Return the command line that reproduces the figures: the options that change them, without output paths."""
+    parts = ["python", "-m", "bench.run"]
+    if args.quick:
+        parts.append("--quick")
+    if args.smoke:
+        parts.append("--smoke")
+    if args.selected != list(BENCHMARKS):
+        parts += ["--only", ",".join(args.selected)]
+    for option in ("rounds", "warmup"):
+        if getattr(args, option) is not None:
+            parts += [f"--{option}", str(getattr(args, option))]
+    if args.profile:
+        parts.append("--profile DIR")
+    return " ".join(parts)
+
+
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
@@ -146,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, raise_interrupt)
 
-    command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = describe_command(args)
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     started = time.monotonic()
     env = BenchEnv(args.mysql_url, args.redis_url, args.profile)
@@ -169,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, json_document(results, machine, env, mode, seconds, started_at))
     if args.results:
-        update_results_file(args.results, markdown(results, machine, command.strip(), seconds, mode))
+        update_results_file(args.results, markdown(results, machine, command, seconds, mode))
     return 1 if any(result.error for result in results) else 0
 
 
