@@ -94,6 +94,11 @@ def test_state_counts_and_groups(backend: Backend) -> None:
     assert (counts[1].available, counts[1].queued, counts[4].available) == (0, 3, 2)
     assert db.groups("titles") == [1, 4]
     assert db.groups("titles", backend.settings.status.available) == [4]
+    assert db.groups("titles", backend.settings.status.queued) == [1]
+    assert db.groups("titles", backend.settings.status.consumed) == []
+    load_rows(db, "titles", rows_for(2, {1: 1}) + rows_for(9, {1: 1}))
+    assert db.groups("titles") == [1, 2, 4, 9]
+    assert db.groups("titles", backend.settings.status.available) == [2, 4, 9]
     assert db.group_exists("titles", 4)
     assert not db.group_exists("titles", 5)
 

@@ -326,16 +326,30 @@ class Database(ABC):
         return found
 
     def groups(self, pool_type: str, status: int | None = None) -> list[int]:
-        """Return the groups that have rows, or only those with rows in the given status."""
+        """Return the groups that have rows, or only those with rows in the given status.
+
+        A GROUP BY reads the whole fill index (MariaDB 10.11 does not use a
+        loose index scan for it: 4.4 s on 10,000,000 rows, once a minute or
+        more for `fill --watch`). So the groups are walked instead, one
+        statement per group: an index seek for the next group and, with a
+        status, one for a row of that group in it. The cost grows with the
+        number of groups, not of rows.
+        """
         table = self.table(pool_type)
-        if status is None:
-            rows = self.query(table.sql("SELECT {group} FROM {table} GROUP BY {group}"))
-        else:
-            # An equality on a column after the grouped one still allows a
-            # loose index scan on (group, status, ...), so this stays cheap.
-            sql = table.sql("SELECT {group} FROM {table} WHERE {status} = {p} GROUP BY {group}")
-            rows = self.query(sql, [status])
-        return sorted(row[0] for row in rows)
+        has = "EXISTS (SELECT 1 FROM {table} AS t WHERE t.{group} = walk.{group} AND t.{status} = {p})"
+        after = table.sql("SELECT walk.{group}, " + has + " FROM (SELECT {group} FROM {table} "
+                          "WHERE {group} > {p} ORDER BY {group} LIMIT 1) AS walk")
+        first = table.sql("SELECT walk.{group}, " + has + " FROM (SELECT {group} FROM {table} "
+                          "ORDER BY {group} LIMIT 1) AS walk")
+        wanted = self.status.available if status is None else status  # any value will do without a status
+        found: list[int] = []
+        rows = self.query(first, [wanted])
+        while rows:
+            group, in_status = rows[0]
+            if status is None or in_status:
+                found.append(group)
+            rows = self.query(after, [wanted, group])
+        return found
 
     def group_exists(self, pool_type: str, group: int) -> bool:
         table = self.table(pool_type)
