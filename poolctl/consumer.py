@@ -220,7 +220,7 @@ class PoolConsumer:
             return flushed
 
     def _has_work(self) -> bool:
-        """Whether a flush has anything to do: pending acks, or popped ids to confirm."""
+        """Return whether a flush has anything to do: pending acks, or popped ids to confirm."""
         with self._state:
             return any(self._pending.values()) or any(self._unconfirmed.values()) or any(self._suspects.values())
 
@@ -231,7 +231,7 @@ class PoolConsumer:
         self._wake.set()
 
     def _flush_in_background(self) -> None:
-        """The flusher thread: flush when woken by a pop that fills a batch, else every acks.interval_s."""
+        """Flush in the flusher thread: when a pop that fills a batch wakes it, else every acks.interval_s."""
         db: Database | None = None
         try:
             while True:

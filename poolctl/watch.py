@@ -10,9 +10,9 @@ such a pool the next pass comes after `fill.interval_s`. A pool that drains at
 10,000 items/s is so topped up while it still holds 5,000, instead of after it
 ran dry waiting for the next interval.
 
-Pending acks are flushed by the pass at each interval; passes in between
-flush only pools with more than two ack batches waiting, so that the daemon
-does not race the consumers' own flushes.
+The pass at each interval flushes all pending acks. Passes in between flush
+only pools with more than two ack batches waiting, so that the daemon does
+not race the consumers' own flushes.
 
 When Redis or SQL cannot be reached, the loop logs one warning, then probes
 the service with a backoff from BACKOFF_START_S doubling up to BACKOFF_MAX_S,
@@ -144,7 +144,7 @@ class Watcher:
         return result
 
     def thresholds(self) -> dict[PoolKeys, int]:
-        """The raised threshold of each pool that drains fast: the items it pops in fill.lead_s."""
+        """Return the raised threshold of each pool that drains fast: the items it pops in fill.lead_s."""
         raised = {}
         for keys, rate in self._rates.items():
             spec = self.settings.pools[keys.pool_type]
@@ -169,7 +169,7 @@ class Watcher:
                 self._rates.pop(keys, None)
             else:
                 self._rates[keys] = rate
-        # A longer pool was filled in between: that says nothing about its drain rate.
+        # A longer pool was filled in between, which gives no drain rate.
 
     def _wait_for_next_pass(self, wait: float) -> None:
         """Sleep up to wait seconds, reading the pool lengths meanwhile; return early when a pool needs a fill."""
