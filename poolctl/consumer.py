@@ -86,6 +86,7 @@ class PoolConsumer:
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopping = False
+        self._closed = False
 
     @property
     def db(self) -> Database:
@@ -105,6 +106,8 @@ class PoolConsumer:
         """Pop up to count items in one round trip; fewer (or none) when the pool runs out."""
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
+        if self._closed:
+            raise RuntimeError("this PoolConsumer is closed: its acks would wait in Redis for the next fill --watch")
         keys = self._keys.get((pool_type, group))
         if keys is None:
             self.settings.pool(pool_type)  # raises UnknownPoolType
@@ -179,7 +182,9 @@ class PoolConsumer:
         try:
             db = self.db
         except PoolctlError as exc:  # SQL down, or no such database: the acks wait in Redis
-            self._warn_flush_failed(None, exc)
+            with self._state:
+                waiting = [keys for keys, ids in self._unconfirmed.items() if ids] or list(self._pending)
+            self._warn_flush_failed(waiting[0] if len(waiting) == 1 else None, exc)
             return 0
         return self._flush(db)
 
@@ -217,6 +222,12 @@ class PoolConsumer:
                 confirmed = set(done)
                 with self._state:
                     self._suspects.setdefault(keys, []).extend(item for item in unconfirmed if item not in confirmed)
+                    # Pops that came in during this flush and whose acks it
+                    # already read are confirmed too; leaving them for the
+                    # next flush would make them suspects it checks in SQL.
+                    later = self._unconfirmed.get(keys)
+                    if later and confirmed:
+                        self._unconfirmed[keys] = [item for item in later if item not in confirmed]
             return flushed
 
     def _has_work(self) -> bool:
@@ -334,6 +345,7 @@ class PoolConsumer:
 
     def close(self) -> None:
         """Stop the flusher thread, flush pending acks, confirm the remembered ids in SQL, close the connections."""
+        self._closed = True
         try:
             self._stop_flusher()
             self.flush_acks()

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from poolctl.config import Settings
-from poolctl.errors import UnknownGroup
 from poolctl.sql import Database
-from poolctl.stats import PoolStats, collect_stats
+from poolctl.stats import PoolStats, collect_stats, require_group
 from poolctl.store import RedisStore
 
 
@@ -37,9 +36,6 @@ def check(
     SQL is down, UnknownGroup for a group with no rows.
     """
     if group is not None:
-        # A probe for a group that does not exist must not pass as healthy.
-        types = list(pool_types or settings.pools)
-        if not any(db.group_exists(pool_type, group) for pool_type in types):
-            raise UnknownGroup(f"group {group} has no rows for pool types {', '.join(types)}", "Check the group id")
+        require_group(settings, db, pool_types, group)
     rows = collect_stats(settings, store, db, pool_types, group)
     return HealthReport([row for row in rows if (row.available or 0) + (row.queued or 0) > 0])

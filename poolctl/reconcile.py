@@ -343,10 +343,17 @@ def _int_members(values: Sequence[bytes]) -> set[int]:
 def _log_outcome(keys: PoolKeys, report: PoolReconcile, apply: bool, include_ambiguous: bool) -> None:
     if report.restored:
         restored = set(report.restored)
-        log.info(
-            "pool %s group %d: %d missing items restored: %d recorded, %d ambiguous, %d lost with Redis data",
+        lost = len(restored & set(report.lost))
+        # A WARNING, so that `fill -q` shows it: restoring items "lost with
+        # Redis data" is also what a second Redis keyspace over the same
+        # tables does to the first one's pooled items.
+        log.log(
+            logging.WARNING if lost else logging.INFO,
+            "pool %s group %d: %d missing items restored: %d recorded, %d ambiguous, %d lost with Redis data%s",
             keys.pool_type, keys.group, len(restored), len(restored & set(report.recorded)),
-            len(restored & set(report.ambiguous)), len(restored & set(report.lost)),
+            len(restored & set(report.ambiguous)), lost,
+            " (the pool had no sentinel; if another Redis or key prefix serves this table too, its items "
+            "are now handed out twice)" if lost else "",
         )
     if report.ambiguous and not (apply and include_ambiguous):
         log.warning(

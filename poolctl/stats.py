@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from poolctl.config import Settings
+from poolctl.errors import UnknownGroup
 from poolctl.keys import RATE_WINDOW_S, PoolKeys, rate_window
 from poolctl.sql import Database, StateCounts
 from poolctl.store import RedisStore
@@ -93,6 +94,17 @@ class PoolStats:
         data["empty_in_s"] = self.empty_in_s
         data["exhausted_in_s"] = self.exhausted_in_s
         return data
+
+
+def require_group(settings: Settings, db: Database, pool_types: Sequence[str] | None, group: int) -> None:
+    """Raise UnknownGroup when no table of the pool types has a row in the group.
+
+    A report or probe narrowed to a mistyped group must fail, not show an
+    empty table or pass as healthy.
+    """
+    types = list(pool_types or settings.pools)
+    if not any(db.group_exists(pool_type, group) for pool_type in types):
+        raise UnknownGroup(f"group {group} has no rows for pool types {', '.join(types)}", "Check the group id")
 
 
 def collect_stats(

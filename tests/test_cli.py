@@ -119,6 +119,22 @@ def test_pop_hands_out_items_when_sql_has_no_table(loaded: dict[str, str], tmp_p
     assert fill["acks_flushed"] == 3
 
 
+def test_pop_fallback_failing_midway_prints_one_document(loaded: dict[str, str], tmp_path: Path) -> None:
+    """Items popped before a fallback fails are handed out as one JSON document, exit 0, with a warning."""
+    run(["fill"], {**loaded, "POOLCTL_POOLS_TITLES_SIZE": "12", "POOLCTL_POOLS_TITLES_THRESHOLD": "2",
+                   "POOLCTL_POOLS_TITLES_BATCH": "12"}, tmp_path)
+    no_file = {**loaded, "POOLCTL_DATABASE_URL": f"sqlite:///{tmp_path / 'missing.db'}"}
+    result = run(["pop", "titles", "-g", "1", "-n", "15", "--fallback", "--json"], no_file, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["items"]) == 12  # json.loads fails on a second document
+    assert "12 of 15 items popped, then: SQLite database" in result.stderr
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_stats_unknown_group(loaded: dict[str, str], tmp_path: Path) -> None:
+    assert_one_line_error(run(["stats", "--group", "999"], loaded, tmp_path), 2, "group 999 has no rows")
+
+
 def test_pop_empty_pool_exit_code(loaded: dict[str, str], tmp_path: Path) -> None:
     result = run(["pop", "titles", "--group", "1"], loaded, tmp_path)
     assert_one_line_error(result, 3, "empty", "poolctl fill")

@@ -92,6 +92,7 @@ def test_example_documents_every_key() -> None:
         ({"POOLCTL_STATUS_QUEUED": "1"}, "three different values"),
         ({"POOLCTL_POOLS_TITLES_STATUS_COLUMN": "status`"}, "not a valid SQL identifier"),
         ({"POOLCTL_REDIS_URL": "http://example"}, "redis.url"),
+        ({"POOLCTL_REDIS_URL": "redis://127.0.0.1:6379/abc"}, "database number 'abc' is not a number"),
         ({"POOLCTL_NO_SUCH_THING": "1"}, "unknown environment variable POOLCTL_NO_SUCH_THING"),
     ],
 )

@@ -113,6 +113,15 @@ def test_threads_sharing_a_consumer_pop_each_item_once(backend: Backend) -> None
     consumer.close()
 
 
+def test_pop_after_close_raises(backend: Backend) -> None:
+    filled(backend)
+    consumer = consumer_for(backend)
+    consumer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        consumer.pop("titles", 1)
+    assert backend.redis_client.llen(backend.store.keys("titles", 1).acks) == 0
+
+
 def test_close_flushes_acks(backend: Backend) -> None:
     filled(backend)
     consumer = consumer_for(backend, batch=100, interval_s=3600)

@@ -166,3 +166,19 @@ def test_concurrent_claims_never_overlap(backend: Backend) -> None:
     claimed = [row_id for batch in results for row_id in batch]
     assert len(claimed) == 400
     assert len(set(claimed)) == 400
+
+
+def test_groups_walk_then_group_by(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more groups than the walk takes, the rest comes from a GROUP BY: the same answer either way."""
+    import poolctl.sql.base as base
+
+    db = backend.db
+    load_rows(db, "titles", rows_for(1, {1: 2}) + rows_for(3, {1: 1}) + rows_for(7, {1: 2}) + rows_for(8, {1: 1}))
+    db.claim("titles", 7, 2)
+    expected = (db.groups("titles"), db.groups("titles", backend.settings.status.available),
+                db.groups("titles", backend.settings.status.queued))
+    assert expected == ([1, 3, 7, 8], [1, 3, 8], [7])
+    monkeypatch.setattr(base, "WALK_MIN_STEPS", 1)
+    monkeypatch.setattr(base, "WALK_STEP_ROWS", 10**9)
+    assert (db.groups("titles"), db.groups("titles", backend.settings.status.available),
+            db.groups("titles", backend.settings.status.queued)) == expected

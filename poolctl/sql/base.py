@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 # Ids per statement in IN (...) lists: small enough for any packet size, large
 # enough that an ack flush of a few thousand ids is a handful of statements.
 IN_CHUNK = 1000
+# groups() walks at most one group per this many rows of a table (its id
+# span), and at least WALK_MIN_STEPS groups, before it reads the rest with a GROUP BY.
+WALK_STEP_ROWS = 1000
+WALK_MIN_STEPS = 16
 
 # Called with the claimed ids after they are selected and before the claim
 # commits; returning False rolls the claim back (the fill lock was lost).
@@ -332,8 +336,9 @@ class Database(ABC):
         loose index scan for it: 4.4 s on 10,000,000 rows, once a minute or
         more for `fill --watch`). So the groups are walked instead, one
         statement per group: an index seek for the next group and, with a
-        status, one for a row of that group in it. The cost grows with the
-        number of groups, not of rows.
+        status, one for a row of that group in it. A walk step costs about
+        as much as reading WALK_STEP_ROWS index entries, so a table with many
+        groups for its size finishes with one GROUP BY over the groups left.
         """
         table = self.table(pool_type)
         has = "EXISTS (SELECT 1 FROM {table} AS t WHERE t.{group} = walk.{group} AND t.{status} = {p})"
@@ -342,14 +347,27 @@ class Database(ABC):
         first = table.sql("SELECT walk.{group}, " + has + " FROM (SELECT {group} FROM {table} "
                           "ORDER BY {group} LIMIT 1) AS walk")
         wanted = self.status.available if status is None else status  # any value will do without a status
+        span = self.query(table.sql("SELECT MAX({id}) - MIN({id}) FROM {table}"))[0][0] or 0  # by the primary key
+        steps_left = max(WALK_MIN_STEPS, span // WALK_STEP_ROWS)
         found: list[int] = []
         rows = self.query(first, [wanted])
         while rows:
             group, in_status = rows[0]
             if status is None or in_status:
                 found.append(group)
+            steps_left -= 1
+            if steps_left == 0:
+                return found + self._groups_after(table, group, status)
             rows = self.query(after, [wanted, group])
         return found
+
+    def _groups_after(self, table: Table, group: int, status: int | None) -> list[int]:
+        """Return the groups above group (with rows in status, if given) by one GROUP BY."""
+        if status is None:
+            sql = table.sql("SELECT {group} FROM {table} WHERE {group} > {p} GROUP BY {group}")
+            return sorted(row[0] for row in self.query(sql, [group]))
+        sql = table.sql("SELECT {group} FROM {table} WHERE {group} > {p} AND {status} = {p} GROUP BY {group}")
+        return sorted(row[0] for row in self.query(sql, [group, status]))
 
     def group_exists(self, pool_type: str, group: int) -> bool:
         table = self.table(pool_type)

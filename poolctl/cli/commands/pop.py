@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from poolctl.cli.app import Runtime, app, command
-from poolctl.errors import PoolEmpty, ServiceUnavailable, UnknownGroup
+from poolctl.errors import PoolctlError, PoolEmpty, ServiceUnavailable, UnknownGroup
 from poolctl.items import Item
 
 log = logging.getLogger("poolctl.cli")
@@ -46,9 +46,15 @@ def pop(
                     items.append(item)
             else:
                 items = consumer.pop_many(pool_type, group, count)
-        finally:
-            if items:  # even when a later fallback pop failed: these are the user's now
-                _print_items(rt, pool_type, group, items)
+        except PoolctlError as exc:
+            if not items:
+                raise
+            # The items already popped are the user's now: hand them out, as
+            # one document, and report the failure that stopped the rest.
+            log.warning("pool %s group %d: %d of %d items popped, then: %s", pool_type, group, len(items), count, exc)
+            count = len(items)
+        if items:
+            _print_items(rt, pool_type, group, items)
     if not items:
         _raise_empty(rt, pool_type, group, fallback)
     if len(items) < count:

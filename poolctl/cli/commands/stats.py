@@ -45,6 +45,10 @@ def stats(
     coloured on a terminal and list their reasons (low, empty, running_dry,
     no_available_rows, ...).
     """
+    if group is not None:
+        from poolctl.stats import require_group
+
+        require_group(rt.settings, rt.db, pool, group)
     if not watch:
         _print_snapshot(rt, _snapshot(rt, pool, group))
         return
