@@ -128,8 +128,11 @@ class BenchEnv:
             password=parts.password or "", database=database, charset="utf8mb4", autocommit=True,
         )
         with conn.cursor() as cursor:
-            # The same isolation as poolctl's own sessions, for the hand-written baselines.
-            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            # The same isolation as poolctl's own sessions (MariaDB's default), for the hand-written baselines.
+            from poolctl.sql.mysql import SESSION_SETUP
+
+            for statement in SESSION_SETUP:
+                cursor.execute(statement)
         return conn
 
     def sql_connection(self) -> pymysql.connections.Connection:

@@ -39,7 +39,7 @@ import threading
 import time
 from types import TracebackType
 
-from poolctl.acks import flush_acks
+from poolctl.acks import MAX_BATCHES_PER_FLUSH, flush_acks
 from poolctl.config import Settings, load_settings
 from poolctl.errors import PoolctlError, RedisUnavailable
 from poolctl.items import Item, decode_popped
@@ -220,8 +220,16 @@ class PoolConsumer:
                 # their acks with Redis data. The next flush checks which of them SQL
                 # still has as queued.
                 confirmed = set(done)
+                # A flush that stopped at its batch limit left acks in Redis:
+                # ids it did not read may still be among them, so they wait for
+                # the next flush instead of becoming suspects checked in SQL.
+                drained = len(done) < MAX_BATCHES_PER_FLUSH * self.settings.acks.batch
                 with self._state:
-                    self._suspects.setdefault(keys, []).extend(item for item in unconfirmed if item not in confirmed)
+                    missing = [item for item in unconfirmed if item not in confirmed]
+                    if drained:
+                        self._suspects.setdefault(keys, []).extend(missing)
+                    else:
+                        self._unconfirmed[keys] = missing + self._unconfirmed.get(keys, [])
                     # Pops that came in during this flush and whose acks it
                     # already read are confirmed too; leaving them for the
                     # next flush would make them suspects it checks in SQL.
