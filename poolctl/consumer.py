@@ -230,6 +230,7 @@ class PoolConsumer:
                         self._suspects.setdefault(keys, []).extend(missing)
                     else:
                         self._unconfirmed[keys] = missing + self._unconfirmed.get(keys, [])
+                        self._pending[keys] = max(self._pending.get(keys, 0), 1)  # so that the next flush reads on
                     # Pops that came in during this flush and whose acks it
                     # already read are confirmed too; leaving them for the
                     # next flush would make them suspects it checks in SQL.

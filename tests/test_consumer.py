@@ -200,3 +200,26 @@ def test_pop_many_reads_items_other_writers_format(backend: Backend) -> None:
     backend.redis_client.rpush(keys.pool, b'{ "text": "spaced", "id": 12 }', encode_item(11, "compact"))
     items = consumer_for(backend, batch=100, interval_s=3600).pop_many("titles", 1, 5)
     assert [(item.id, item.text) for item in items] == [(11, "compact"), (12, "spaced")]
+
+
+def test_flush_at_batch_limit_leaves_no_suspects(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ids a flush could not read for its batch limit wait for the next flush, not for a check in SQL."""
+    import poolctl.acks
+    import poolctl.consumer
+
+    monkeypatch.setattr(poolctl.acks, "MAX_BATCHES_PER_FLUSH", 1)
+    monkeypatch.setattr(poolctl.consumer, "MAX_BATCHES_PER_FLUSH", 1)
+    filled(backend)
+    consumer = consumer_for(backend, batch=5, interval_s=3600, background=False)
+    with caplog.at_level("WARNING", logger="poolctl"):
+        items = consumer.pop_many("titles", 1, 12)  # 12 acks: the flush it triggers reads 5
+        consumer.flush_acks()  # 5 more
+        consumer.flush_acks()  # the last 2
+        consumer.flush_acks()
+    assert len(items) == 12
+    assert backend.redis_client.llen(backend.store.keys("titles", 1).acks) == 0
+    statuses = status_of(backend.db, "titles")
+    assert [statuses[item.id] for item in items] == [backend.settings.status.consumed] * 12
+    assert not [record for record in caplog.records if "lost their acks" in record.getMessage()]
