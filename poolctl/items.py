@@ -63,6 +63,13 @@ def decode_popped(joined: bytes, ids: list[int]) -> tuple[list[Item], list[tuple
     """
     if not ids:
         return [], []
+    if len(ids) == 1:  # the common pop of one: no array to build
+        try:
+            data = json.loads(joined)
+        except ValueError:
+            data = None
+        if type(data) is dict and data.get("id") == ids[0] and type(data.get("text")) is str:
+            return [Item(ids[0], data["text"])], []
     try:
         parsed = json.loads("[" + joined.decode().replace("\n", ",") + "]")
         texts = [data["text"] for data in parsed]
