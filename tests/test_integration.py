@@ -120,6 +120,8 @@ def test_pool_readable_by_plain_rpop_consumer(mariadb_database: str, real_redis)
         assert all(set(item) == {"id", "text"} and isinstance(item["id"], int) for item in items)
         assert real_redis.rpop(f"{pool_type}:pool:7") is None
     finally:
-        real_redis.delete(f"{pool_type}:pool:7", f"{pool_type}:pool:7:acks", f"{pool_type}:pool:7:claiming")
+        # Every key of the pool, the sentinel and rate counters included: this test uses no key prefix.
+        for key in list(real_redis.scan_iter(f"{pool_type}:pool:7*")):
+            real_redis.delete(key)
         db.execute(f"DROP TABLE IF EXISTS `{pool_type}`")
         db.close()
