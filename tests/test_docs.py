@@ -12,7 +12,7 @@ import typer
 from poolctl.cli.app import app
 from poolctl.cli.commands import register
 
-register()  # every command, as `poolctl --help` sees them
+register()  # every command, as `poolctl --help` lists them
 
 ROOT = Path(__file__).resolve().parent.parent
 READMES = [ROOT / "README.md", ROOT / "README.zh-CN.md"]

@@ -346,11 +346,11 @@ class Database(ABC):
                           "WHERE {group} > {p} ORDER BY {group} LIMIT 1) AS walk")
         first = table.sql("SELECT walk.{group}, " + has + " FROM (SELECT {group} FROM {table} "
                           "ORDER BY {group} LIMIT 1) AS walk")
-        wanted = self.status.available if status is None else status  # any value will do without a status
+        probe_status = self.status.available if status is None else status  # any value will do without a status
         span = self.query(table.sql("SELECT MAX({id}) - MIN({id}) FROM {table}"))[0][0] or 0  # by the primary key
         steps_left = max(WALK_MIN_STEPS, span // WALK_STEP_ROWS)
         found: list[int] = []
-        rows = self.query(first, [wanted])
+        rows = self.query(first, [probe_status])
         while rows:
             group, in_status = rows[0]
             if status is None or in_status:
@@ -358,7 +358,7 @@ class Database(ABC):
             steps_left -= 1
             if steps_left == 0:
                 return found + self._groups_after(table, group, status)
-            rows = self.query(after, [wanted, group])
+            rows = self.query(after, [probe_status, group])
         return found
 
     def _groups_after(self, table: Table, group: int, status: int | None) -> list[int]:

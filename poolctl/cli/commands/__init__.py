@@ -17,8 +17,8 @@ def register(argv: list[str] | None = None) -> None:
     A one-shot `poolctl pop` then imports only the pop module and what it
     needs, which keeps its start-up close to that of the interpreter.
     """
-    wanted = _command_name(argv or [])
-    names = [MODULES[wanted]] if wanted in MODULES else list(MODULES.values())
+    requested = _command_name(argv or [])
+    names = [MODULES[requested]] if requested in MODULES else list(MODULES.values())
     for name in names:
         importlib.import_module(f"poolctl.cli.commands.{name}")
 
