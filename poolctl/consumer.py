@@ -35,6 +35,7 @@ item this consumer already has.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from types import TracebackType
@@ -84,6 +85,9 @@ class PoolConsumer:
         self._state = threading.Lock()  # guards _pending, _unconfirmed and _suspects
         self._flush_lock = threading.Lock()  # one flush at a time
         self._flusher: threading.Thread | None = None
+        self._flusher_pid = 0
+        self._pid = os.getpid()
+        self._db_given = db is not None
         self._wake = threading.Event()
         self._stopping = False
         self._closed = False
@@ -108,6 +112,8 @@ class PoolConsumer:
             raise ValueError(f"count must be at least 1, got {count}")
         if self._closed:
             raise RuntimeError("this PoolConsumer is closed: its acks would wait in Redis for the next fill --watch")
+        if self._pid != os.getpid():
+            self._after_fork()
         keys = self._keys.get((pool_type, group))
         if keys is None:
             self.settings.pool(pool_type)  # raises UnknownPoolType
@@ -244,9 +250,28 @@ class PoolConsumer:
         with self._state:
             return any(self._pending.values()) or any(self._unconfirmed.values()) or any(self._suspects.values())
 
+    def _after_fork(self) -> None:
+        """Start afresh in a forked child: its own locks, flusher thread and SQL connection.
+
+        Locks another thread held at the fork would stay held in the child,
+        and a shared SQL socket would mix two processes' replies. The parent's
+        connection is dropped without closing it, which would close it for the
+        parent too. A database passed in by the caller is the caller's to replace.
+        """
+        self._pid = os.getpid()
+        self._state = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._flusher = None
+        self._stopping = False
+        if not self._db_given:
+            self._db = None
+
     def _wake_flusher(self) -> None:
-        if self._flusher is None:
+        # A forked child inherits the flusher's Thread object but not the thread.
+        if self._flusher is None or self._flusher_pid != os.getpid():
             self._flusher = threading.Thread(target=self._flush_in_background, name="poolctl-ack-flusher", daemon=True)
+            self._flusher_pid = os.getpid()
             self._flusher.start()
         self._wake.set()
 

@@ -7,6 +7,7 @@ scripts (poolctl.lua) so that they are atomic.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -148,6 +149,7 @@ class RedisStore:
         self._set_aside = client.register_script(lua.SET_ASIDE)
         self._pop_lock = threading.Lock()
         self._pop_connection: Any = None  # taken from the client's pool on the first pop
+        self._pop_connection_pid = 0  # the process that took it
         self._pop_commands: dict[PoolKeys, tuple[int, bytes]] = {}  # packed start of each pool's POP, by rate bucket
 
     @classmethod
@@ -396,10 +398,16 @@ class RedisStore:
         for retries cost redis-py as much as the round trip itself. Nothing
         is retried: a pop whose reply was lost may have run.
         """
+        if self._pop_connection_pid and self._pop_connection_pid != os.getpid():
+            self._pop_lock = threading.Lock()  # a forked child: another thread may have held it at the fork
         with self._pop_lock:
             connection = self._pop_connection
-            if connection is None:
+            if connection is None or self._pop_connection_pid != os.getpid():
+                # After a fork the child must not share the parent's socket:
+                # replies would reach the wrong process. The pool knows it is
+                # in a new process and hands out a new connection.
                 connection = self._pop_connection = self.client.connection_pool.get_connection()
+                self._pop_connection_pid = os.getpid()
             try:
                 try:
                     connection.send_packed_command([command])
@@ -423,9 +431,9 @@ class RedisStore:
     def close(self) -> None:
         """Give back the pop connection and close the client's connections."""
         with self._pop_lock:
-            if self._pop_connection is not None:
+            if self._pop_connection is not None and self._pop_connection_pid == os.getpid():
                 self.client.connection_pool.release(self._pop_connection)
-                self._pop_connection = None
+            self._pop_connection = None
         self.client.close()
 
     def set_aside(self, keys: PoolKeys, item_id: int, raw: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -223,3 +224,44 @@ def test_flush_at_batch_limit_leaves_no_suspects(
     statuses = status_of(backend.db, "titles")
     assert [statuses[item.id] for item in items] == [backend.settings.status.consumed] * 12
     assert not [record for record in caplog.records if "lost their acks" in record.getMessage()]
+
+
+def test_forked_child_pops_on_its_own_connection(mariadb_redis: Backend) -> None:
+    """A consumer used before a fork keeps working in parent and child at once, and no item reaches both."""
+    backend = mariadb_redis
+    keys = backend.store.keys("titles", 1)
+    backend.redis_client.rpush(keys.pool, *[encode_item(n, f"item {n}") for n in range(1, 2001)])
+    settings = make_settings(backend.settings, acks={"batch": 100_000, "interval_s": 3600})
+    consumer = PoolConsumer(settings)  # its own connections, as an application would have
+    first = consumer.pop("titles", 1)  # opens the pop connection before the fork
+    assert first is not None
+
+    def drain() -> list[int]:
+        ids = []
+        while (item := consumer.pop("titles", 1)) is not None:
+            ids.append(item.id)
+        return ids
+
+    go_read, go_write = os.pipe()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: pop once the parent says go, report the ids, leave at once
+        code = 1
+        try:
+            os.close(read_end)
+            os.read(go_read, 1)
+            os.write(write_end, json.dumps(drain()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    os.write(go_write, b"x")
+    parent_ids = drain()
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        child_ids = json.loads(pipe.read() or "null")
+    backend.redis_client.delete(keys.acks)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_ids and parent_ids
+    popped = [first.id, *child_ids, *parent_ids]
+    assert sorted(popped) == list(range(1, 2001))
