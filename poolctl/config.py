@@ -111,7 +111,7 @@ class FillSettings(_Section):
     min_interval_s: float = Field(0.05, gt=0)
     lock_ttl_s: float = Field(60.0, gt=0)
     discover_interval_s: float = Field(30.0, gt=0)
-    # `fill --watch` fills a pool that drains fast while it still holds this
+    # `fill --watch` fills a pool that drains fast while it still contains this
     # many seconds of pops at its current drain rate, even above its threshold.
     lead_s: float = Field(0.5, ge=0)
 
@@ -121,8 +121,8 @@ class AckSettings(_Section):
 
     batch: int = Field(500, gt=0, le=100_000)
     interval_s: float = Field(1.0, gt=0)
-    # A consumer flushes in a thread of its own, so that a pop never waits for
-    # SQL; false flushes in the thread that pops, at the pop that is due.
+    # True: a consumer flushes in a thread of its own, so that its pops do not
+    # wait for SQL. False: the popping thread flushes, at the pop that is due.
     background: bool = True
 
 

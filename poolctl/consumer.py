@@ -237,9 +237,9 @@ class PoolConsumer:
                     else:
                         self._unconfirmed[keys] = missing + self._unconfirmed.get(keys, [])
                         self._pending[keys] = max(self._pending.get(keys, 0), 1)  # so that the next flush reads on
-                    # Pops that came in during this flush and whose acks it
-                    # already read are confirmed too; leaving them for the
-                    # next flush would make them suspects it checks in SQL.
+                    # Pops that came in during this flush, and whose acks it
+                    # already read, are confirmed too. Otherwise the next flush
+                    # would take them for suspects and look them up in SQL.
                     later = self._unconfirmed.get(keys)
                     if later and confirmed:
                         self._unconfirmed[keys] = [item for item in later if item not in confirmed]

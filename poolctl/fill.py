@@ -121,9 +121,9 @@ class Filler:
     ) -> PassResult:
         """Read all lengths in one round trip, fill the pools at or below threshold, flush pending acks.
 
-        thresholds raises the threshold of single pools for this pass (the
-        watch loop does that for pools that drain fast); flush_min_acks skips
-        the ack flush of pools with fewer pending acks.
+        thresholds raises the threshold of single pools for this pass, as the
+        watch loop does for pools that drain fast. flush_min_acks skips the ack
+        flush of pools with fewer pending acks.
         """
         started = time.monotonic()
         result = PassResult()

@@ -59,7 +59,7 @@ def decode_popped(joined: bytes, ids: list[int]) -> tuple[list[Item], list[tuple
     Returns the items and the rejected entries as (id, entry, reason): an
     entry Python cannot parse, or whose id is not the one the pop recorded in
     acks. The common case is one json.loads of the whole batch as an array,
-    checked as a whole; only when that fails is each entry parsed alone.
+    checked as a whole. Only when that fails is each entry parsed alone.
     """
     if not ids:
         return [], []

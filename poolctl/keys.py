@@ -77,8 +77,8 @@ class PoolKeys:
     acks_since: str
 
     def __hash__(self) -> int:
-        # The pool key names the pool; hashing one string instead of nine
-        # matters on the pop path, which looks a pool up several times a pop.
+        # The pool key names the pool. Hashing one string instead of nine
+        # matters on the pop path, which looks a pool up several times per pop.
         return hash(self.pool)
 
     def popped(self, bucket: int) -> str:

@@ -248,10 +248,24 @@ end
 return table.concat(tail, ',')
 """
 
+# Shared helper of the ack trims: acks_since becomes now_ms, or goes with the
+# last pending ack.
+_STAMP_ACKS_SINCE = """
+local function stamp_acks_since(acks, acks_since, now_ms)
+  if redis.call('LLEN', acks) == 0 then
+    redis.call('DEL', acks_since)
+  else
+    redis.call('SET', acks_since, now_ms)
+  end
+end
+"""
+
 # KEYS: acks, acks_since. ARGV: now_ms, n, the n ids an ack flush read from
 # the tail joined by ",". The same as TRIM_ACKS for ids that READ_ACKS
 # returned joined, without one argument per id.
-TRIM_JOINED_ACKS = """
+TRIM_JOINED_ACKS = (
+    _STAMP_ACKS_SINCE
+    + """
 local n = tonumber(ARGV[2])
 local tail = redis.call('LRANGE', KEYS[1], -n, -1)
 local removed = 0
@@ -263,13 +277,10 @@ else
     removed = removed + redis.call('LREM', KEYS[1], -1, value)
   end
 end
-if redis.call('LLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('SET', KEYS[2], ARGV[1])
-end
+stamp_acks_since(KEYS[1], KEYS[2], ARGV[1])
 return removed
 """
+)
 
 # KEYS: acks, acks_since. ARGV: now_ms, then the ids an ack flush read from
 # the tail, in LRANGE order. Removes exactly those ids after SQL has them as
@@ -278,7 +289,9 @@ return removed
 # to acks only by the pop that took its item, and an item is queued again only
 # after reconcile found it in no pool and no acks list. Afterwards acks_since
 # is now_ms, or gone when acks is empty.
-TRIM_ACKS = """
+TRIM_ACKS = (
+    _STAMP_ACKS_SINCE
+    + """
 local n = #ARGV - 1
 local tail = redis.call('LRANGE', KEYS[1], -n, -1)
 local same = #tail == n
@@ -299,13 +312,10 @@ else
     removed = removed + redis.call('LREM', KEYS[1], -1, ARGV[i + 1])
   end
 end
-if redis.call('LLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('SET', KEYS[2], ARGV[1])
-end
+stamp_acks_since(KEYS[1], KEYS[2], ARGV[1])
 return removed
 """
+)
 
 # KEYS: any number of keys. Returns each one's LLEN, or -1 for a key that is
 # not a list, in one command: far cheaper than one LLEN per key even pipelined.

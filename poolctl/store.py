@@ -403,9 +403,9 @@ class RedisStore:
         with self._pop_lock:
             connection = self._pop_connection
             if connection is None or self._pop_connection_pid != os.getpid():
-                # After a fork the child must not share the parent's socket:
-                # replies would reach the wrong process. The pool knows it is
-                # in a new process and hands out a new connection.
+                # After a fork the child must not share the parent's socket,
+                # because replies would reach the wrong process. The pool
+                # checks the process id and hands out a new connection.
                 connection = self._pop_connection = self.client.connection_pool.get_connection()
                 self._pop_connection_pid = os.getpid()
             try:

@@ -104,7 +104,7 @@ def test_pop_prints_text_and_consumes(loaded: dict[str, str], tmp_path: Path) ->
     assert len(text.stdout.splitlines()) == 3
 
 
-def test_pop_hands_out_items_when_sql_has_no_table(loaded: dict[str, str], tmp_path: Path) -> None:
+def test_pop_without_sql_table(loaded: dict[str, str], tmp_path: Path) -> None:
     """A pop whose ack flush fails for lack of a table still prints its items; the acks wait in Redis."""
     run(["fill"], loaded, tmp_path)
     empty_db = {**loaded, "POOLCTL_DATABASE_URL": f"sqlite:///{tmp_path / 'no-tables.db'}"}

@@ -245,7 +245,7 @@ def test_forked_child_pops_on_its_own_connection(mariadb_redis: Backend) -> None
     go_read, go_write = os.pipe()
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: pop once the parent says go, report the ids, leave at once
+    if pid == 0:  # the child: pop once the parent writes to the pipe, report the ids, exit at once
         code = 1
         try:
             os.close(read_end)

@@ -169,7 +169,7 @@ def test_concurrent_claims_never_overlap(backend: Backend) -> None:
 
 
 def test_groups_walk_then_group_by(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With more groups than the walk takes, the rest comes from a GROUP BY: the same answer either way."""
+    """With more groups than the walk takes, the rest comes from a GROUP BY, with the same result."""
     import poolctl.sql.base as base
 
     db = backend.db

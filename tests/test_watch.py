@@ -99,7 +99,7 @@ def test_fast_drain_raises_the_threshold(sqlite_fake: Backend) -> None:
     assert watcher.thresholds() == {}
     watcher._observe(keys, 5, 101.5)  # 80 items/s measured: the estimate moves halfway there
     assert watcher.thresholds() == {keys: min(int(42.5 * 0.5), spec.size - 1)}
-    watcher._observe(keys, 50, 102.0)  # filled: says nothing about the rate
+    watcher._observe(keys, 50, 102.0)  # filled: gives no drain rate
     assert keys in watcher.thresholds()
     for at in (103.0, 104.0, 105.0, 106.0, 107.0, 108.0):
         watcher._observe(keys, 50, at)  # resting: the rate decays and the raise goes

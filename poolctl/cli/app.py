@@ -291,8 +291,8 @@ def main() -> None:
 def exit_now(code: int) -> None:
     """Flush what the command wrote and end the process without the interpreter's teardown.
 
-    The command has closed its connections by now; tearing down every module
-    one by one would only add to the run time of a one-shot `poolctl pop`.
+    The command has closed its connections by now, so tearing down every
+    module one by one would only add to the run time of a one-shot `poolctl pop`.
     """
     import os
 

@@ -2,7 +2,7 @@
 
 The connection runs in autocommit mode, and every state change is an explicit,
 short transaction. A long-lived daemon connection must see other sessions'
-commits between passes; in autocommit mode no implicit transaction holds a
+commits between passes. In autocommit mode no implicit transaction keeps a
 snapshot open, so the default REPEATABLE READ isolation is kept. (READ
 COMMITTED made each claim on a busy table slower: 23,800 against 35,400
 titles/s in the fill benchmark, as its SKIP LOCKED scans walked over the rows
