@@ -248,9 +248,47 @@ end
 return table.concat(tail, ',')
 """
 
-# Shared helper of the ack trims: acks_since becomes now_ms, or goes with the
-# last pending ack.
-_STAMP_ACKS_SINCE = """
+# Shared helper of the ack trims, which remove the ids an ack flush read from
+# the tail of acks after SQL has them as consumed. In the common case the
+# tail is unchanged and one LTRIM removes them. When another flusher removed
+# some of them first, the ids still there are all among the last n entries
+# (tail, read again by the trim), because acks grows only at the head (LPUSH)
+# and entries are only removed elsewhere. remove_from_tail then rebuilds those
+# entries without the ids, nearest the tail first as LREM with a count of -1
+# would, in time linear in n. One LREM per id would scan the whole list for
+# every id already gone, and block Redis for seconds behind a backlog of
+# 100,000 acks. A removed entry cannot be a newer ack, because an id is pushed
+# to acks only by the pop that took its item, and an item is queued again
+# only after reconcile found it in no pool and no acks list. Afterwards
+# acks_since is now_ms, or gone when acks is empty.
+_REMOVE_FROM_TAIL = """
+local function remove_from_tail(acks, tail, ids)
+  local wanted = {}
+  for _, id in ipairs(ids) do
+    wanted[id] = (wanted[id] or 0) + 1
+  end
+  local kept, removed = {}, 0  -- kept: nearest the tail first
+  for i = #tail, 1, -1 do
+    local left = wanted[tail[i]]
+    if left and left > 0 then
+      wanted[tail[i]] = left - 1
+      removed = removed + 1
+    else
+      kept[#kept + 1] = tail[i]
+    end
+  end
+  if removed > 0 then
+    redis.call('LTRIM', acks, 0, -#tail - 1)
+    local back = {}
+    for i = #kept, 1, -1 do
+      back[#back + 1] = kept[i]
+    end
+    for i = 1, #back, 1000 do
+      redis.call('RPUSH', acks, unpack(back, i, math.min(i + 999, #back)))
+    end
+  end
+  return removed
+end
 local function stamp_acks_since(acks, acks_since, now_ms)
   if redis.call('LLEN', acks) == 0 then
     redis.call('DEL', acks_since)
@@ -264,18 +302,16 @@ end
 # the tail joined by ",". The same as TRIM_ACKS for ids that READ_ACKS
 # returned joined, without one argument per id.
 TRIM_JOINED_ACKS = (
-    _STAMP_ACKS_SINCE
+    _SPLIT
+    + _REMOVE_FROM_TAIL
     + """
 local n = tonumber(ARGV[2])
 local tail = redis.call('LRANGE', KEYS[1], -n, -1)
-local removed = 0
+local removed = n
 if #tail == n and table.concat(tail, ',') == ARGV[3] then
   redis.call('LTRIM', KEYS[1], 0, -n - 1)
-  removed = n
 else
-  for value in string.gmatch(ARGV[3], '[^,]+') do
-    removed = removed + redis.call('LREM', KEYS[1], -1, value)
-  end
+  removed = remove_from_tail(KEYS[1], tail, split_ids(ARGV[3]))
 end
 stamp_acks_since(KEYS[1], KEYS[2], ARGV[1])
 return removed
@@ -283,34 +319,28 @@ return removed
 )
 
 # KEYS: acks, acks_since. ARGV: now_ms, then the ids an ack flush read from
-# the tail, in LRANGE order. Removes exactly those ids after SQL has them as
-# consumed. When another flusher got there first the tail differs, and ids are
-# removed one by one. LREM cannot remove a newer ack, because an id is pushed
-# to acks only by the pop that took its item, and an item is queued again only
-# after reconcile found it in no pool and no acks list. Afterwards acks_since
-# is now_ms, or gone when acks is empty.
+# the tail, in LRANGE order. Removes exactly those ids, as TRIM_JOINED_ACKS does.
 TRIM_ACKS = (
-    _STAMP_ACKS_SINCE
+    _REMOVE_FROM_TAIL
     + """
-local n = #ARGV - 1
+local ids = {}
+for i = 2, #ARGV do
+  ids[#ids + 1] = ARGV[i]
+end
+local n = #ids
 local tail = redis.call('LRANGE', KEYS[1], -n, -1)
 local same = #tail == n
-if same then
-  for i = 1, n do
-    if tail[i] ~= ARGV[i + 1] then
-      same = false
-      break
-    end
+for i = 1, n do
+  if not same then
+    break
   end
+  same = tail[i] == ids[i]
 end
-local removed = 0
+local removed = n
 if same then
   redis.call('LTRIM', KEYS[1], 0, -n - 1)
-  removed = n
 else
-  for i = 1, n do
-    removed = removed + redis.call('LREM', KEYS[1], -1, ARGV[i + 1])
-  end
+  removed = remove_from_tail(KEYS[1], tail, ids)
 end
 stamp_acks_since(KEYS[1], KEYS[2], ARGV[1])
 return removed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -170,6 +171,88 @@ def test_trim_acks_after_other_flusher(redis_backend: Backend) -> None:
     assert store.trim_acks(keys, first) == 2
     assert store.trim_acks(keys, second) == 0  # already gone: nothing else is removed
     assert client.lrange(keys.acks, 0, -1) == [b"3"]
+
+
+def _remove_nearest_tail(entries: list[bytes], ids: list[bytes]) -> int:
+    """The model of an ack trim: each id loses its occurrence nearest the tail, as LREM with a count of -1."""
+    removed = 0
+    for value in ids:
+        for index in range(len(entries) - 1, -1, -1):
+            if entries[index] == value:
+                del entries[index]
+                removed += 1
+                break
+    return removed
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_trim_acks_races_match_lrem_model(redis_backend: Backend, seed: int) -> None:
+    """Flushers whose reads overlap, new acks and set-aside entries: every trim removes what LREM would, in order."""
+    rng = random.Random(seed)
+    client = redis_backend.redis_client
+    store = redis_backend.store
+    keys = store.keys("titles", 1)
+    model: list[bytes] = []  # head first, as LRANGE 0 -1
+    next_id = 1
+
+    def push(count: int) -> None:
+        nonlocal next_id
+        if count == 0:
+            return
+        values = [str(next_id + i).encode() for i in range(count)]
+        next_id += count
+        client.lpush(keys.acks, *values)
+        model[:0] = values[::-1]
+
+    push(rng.randint(5, 40))
+    for _ in range(25):
+        reads = [store.read_acks(keys, rng.randint(1, 30)) for _ in range(rng.randint(1, 3))]
+        if rng.random() < 0.5:
+            push(rng.randint(1, 10))
+        if model and rng.random() < 0.3:  # a consumer sets aside one popped entry: its ack goes
+            victim = rng.choice(model)
+            store.set_aside(keys, int(victim), b"{bad")
+            model.remove(victim)
+        rng.shuffle(reads)
+        for read in reads:
+            expected = _remove_nearest_tail(model, read)
+            assert store.trim_acks(keys, read) == expected
+            assert client.lrange(keys.acks, 0, -1) == model
+        if any(reads):  # a trim stamps acks_since, or drops it with the last ack
+            assert (client.get(keys.acks_since) is None) == (not model)
+        push(rng.randint(0, 10))
+
+
+def test_trim_acks_keeps_malformed_entries_in_order(redis_backend: Backend) -> None:
+    """The per-argument trim (an entry that is not an id was read) removes only the ids, around newer acks."""
+    client = redis_backend.redis_client
+    store = redis_backend.store
+    keys = store.keys("titles", 1)
+    client.lpush(keys.acks, b"1", b"x", b"2", b"3")  # list: 3 2 x 1
+    read = store.read_acks(keys, 3)
+    assert read == [b"2", b"x", b"1"]
+    other = store.read_acks(keys, 1)
+    assert store.trim_acks(keys, other) == 1
+    client.lpush(keys.acks, b"4")
+    assert store.trim_acks(keys, read) == 2  # 1 went with the other flush
+    assert client.lrange(keys.acks, 0, -1) == [b"4", b"3"]
+
+
+def test_trim_acks_behind_long_backlog(mariadb_redis: Backend) -> None:
+    """Two flushers over 100,000 waiting acks: the late trim removes only what is left of its read."""
+    client = mariadb_redis.redis_client
+    store = mariadb_redis.store
+    keys = store.keys("titles", 1)
+    total = 100_000
+    for first in range(1, total + 1, 10_000):
+        client.lpush(keys.acks, *[str(i).encode() for i in range(first, first + 10_000)])
+    late = store.read_acks(keys, 5000)
+    early = store.read_acks(keys, 3000)
+    assert store.trim_acks(keys, early) == 3000
+    assert store.trim_acks(keys, late) == 2000
+    assert client.llen(keys.acks) == total - 5000
+    assert client.lindex(keys.acks, -1) == b"5001"
+    assert client.lindex(keys.acks, 0) == str(total).encode()
 
 
 def test_lengths_marks_wrong_type(redis_backend: Backend) -> None:
