@@ -38,6 +38,7 @@ import logging
 import os
 import threading
 import time
+from operator import itemgetter
 from types import TracebackType
 
 from poolctl.acks import MAX_BATCHES_PER_FLUSH, flush_acks
@@ -60,6 +61,8 @@ REDIS_RETRY_S = 1.0
 # oldest are forgotten; their acks are still in Redis unless Redis also loses
 # its data.
 UNCONFIRMED_MAX = 100_000
+
+_item_id = itemgetter(0)  # Item.id, read in C
 
 
 class PoolConsumer:
@@ -124,8 +127,7 @@ class PoolConsumer:
             self._confirm_in_sql()
             raise
         items = self._decode(keys, result)
-        self._remember(keys, [item.id for item in items])
-        self._after_pop(keys, result.acks)
+        self._after_pop(keys, items, result.acks)
         return items
 
     def pop_with_fallback(self, pool_type: str, group: int) -> Item | None:
@@ -155,7 +157,7 @@ class PoolConsumer:
     def _decode(self, keys: PoolKeys, result: PopResult) -> list[Item]:
         if result.dead:
             log.error("pool %s group %d: %d malformed items moved to %s", keys.pool_type, keys.group, result.dead, keys.dead)
-        items, rejected = decode_popped(result.joined, result.ids)
+        items, rejected = decode_popped(result.joined, result.joined_ids)
         for item_id, raw, reason in rejected:
             # The Lua check passed but Python rejects it (invalid UTF-8,
             # say): keep it for the operator, and take back its ack so
@@ -166,9 +168,16 @@ class PoolConsumer:
 
     # -- acks --------------------------------------------------------------
 
-    def _after_pop(self, keys: PoolKeys, acks: int) -> None:
+    def _after_pop(self, keys: PoolKeys, items: list[Item], acks: int) -> None:
+        """Remember the popped ids until a flush confirms them, and wake or run a flush when one is due."""
         with self._state:
             self._pending[keys] = acks
+            remembered = self._unconfirmed.get(keys)
+            if remembered is None:
+                remembered = self._unconfirmed[keys] = []
+            remembered += map(_item_id, items)
+            if len(remembered) > UNCONFIRMED_MAX:
+                del remembered[: len(remembered) - UNCONFIRMED_MAX]
         due = time.monotonic() - self._last_flush >= self.settings.acks.interval_s
         if acks >= self.settings.acks.batch or due:
             if self.settings.acks.background:
@@ -305,13 +314,6 @@ class PoolConsumer:
             self._flusher.join()
             self._flusher = None
             self._stopping = False
-
-    def _remember(self, keys: PoolKeys, ids: list[int]) -> None:
-        with self._state:
-            remembered = self._unconfirmed.setdefault(keys, [])
-            remembered.extend(ids)
-            if len(remembered) > UNCONFIRMED_MAX:
-                del remembered[: len(remembered) - UNCONFIRMED_MAX]
 
     def _check_suspects(self, db: Database, keys: PoolKeys, suspects: list[int]) -> None:
         """Mark consumed the suspects that SQL still has as queued one flush later: their acks were lost."""

@@ -75,17 +75,29 @@ class PoolSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PopResult:
-    """The result of one pop step: the popped entries joined by newlines, their ids, and counts."""
+    """The result of one pop step: the popped entries joined by newlines, their ids joined by commas, and counts.
+
+    The ids stay as the script returned them: the consumer parses them
+    together with the entries, in one JSON parse.
+    """
 
     joined: bytes  # the entries, joined by b"\n" (valid entries never hold a raw newline)
-    ids: list[int]
+    joined_ids: bytes  # their ids in the same order, b"1,2,3", as POP recorded them in acks
     acks: int  # length of the acks list after the pop
     dead: int  # entries moved to the dead-letter list
 
     @property
+    def ids(self) -> list[int]:
+        return [int(value) for value in self.joined_ids.split(b",")] if self.joined_ids else []
+
+    @property
+    def count(self) -> int:
+        return self.joined_ids.count(b",") + 1 if self.joined_ids else 0
+
+    @property
     def raw(self) -> list[bytes]:
         """The popped entries, one by one."""
-        return self.joined.split(b"\n") if self.ids else []
+        return self.joined.split(b"\n") if self.joined_ids else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +400,7 @@ class RedisStore:
         with self.errors(keys):
             reply = self._pop_on_own_connection(command)
         acks, dead, ids, joined = reply.split(b"|", 3)
-        return PopResult(joined, [int(value) for value in ids.split(b",")] if ids else [], int(acks), int(dead))
+        return PopResult(joined, ids, int(acks), int(dead))
 
     def _pop_on_own_connection(self, command: bytes) -> bytes:
         """Send a packed EVALSHA of POP on a connection this store keeps for pops, and return the reply.

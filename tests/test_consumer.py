@@ -13,7 +13,7 @@ import pytest
 from poolctl.consumer import PoolConsumer
 from poolctl.errors import RedisUnavailable, UnknownPoolType
 from poolctl.fill import Filler
-from poolctl.items import encode_item
+from poolctl.items import Item, encode_item
 from poolctl.store import RedisStore
 
 from conftest import Backend, load_rows, make_settings, status_of
@@ -194,6 +194,19 @@ def test_pop_many_sets_aside_what_python_rejects(backend: Backend, bad: bytes) -
     assert [(item.id, item.text) for item in items] == [(5, "plain"), (9, 'comma, newline\n and "quotes"}')]
     assert client.lrange(keys.dead, 0, -1) == [bad]
     assert sorted(client.lrange(keys.acks, 0, -1)) == [b"5", b"9"]
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_pop_hands_out_what_only_the_json_module_reads(backend: Backend, count: int) -> None:
+    """orjson refuses a lone surrogate escape; the entry-by-entry parse with the json module still hands it out."""
+    keys = backend.store.keys("titles", 1)
+    client = backend.redis_client
+    client.lpush(keys.pool, b'{"id":21,"text":"half \\ud800 pair"}', encode_item(22, "plain"), encode_item(23, "end"))
+    consumer = consumer_for(backend, batch=100, interval_s=3600)
+    items = consumer.pop_many("titles", 1, count)
+    assert [(item.id, item.text) for item in items] == [(21, "half \ud800 pair"), (22, "plain"), (23, "end")][:count]
+    assert all(type(item) is Item and item.source == "pool" for item in items)
+    assert client.llen(keys.dead) == 0
 
 
 def test_pop_many_reads_items_other_writers_format(backend: Backend) -> None:
