@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.backoff import NoBackoff
@@ -73,12 +73,12 @@ class PoolSnapshot:
     has_sentinel: bool
 
 
-@dataclass(frozen=True, slots=True)
-class PopResult:
+class PopResult(NamedTuple):
     """The result of one pop step: the popped entries joined by newlines, their ids joined by commas, and counts.
 
     The ids stay as the script returned them: the consumer parses them
-    together with the entries, in one JSON parse.
+    together with the entries, in one JSON parse. A named tuple, made in a
+    third of a frozen dataclass's time, because a consumer makes one per pop.
     """
 
     joined: bytes  # the entries, joined by b"\n" (valid entries never hold a raw newline)
@@ -396,7 +396,9 @@ class RedisStore:
                 keys.acks_since.encode(), keys.popped(bucket).encode(),
             )
             cached = self._pop_commands[keys] = (bucket, b"*11\r\n" + head)
-        command = cached[1] + _pack_parts(str(count).encode(), str(int(now * 1000)).encode(), _COUNTER_TTL)
+        count_arg, now_arg = b"%d" % count, b"%d" % (now * 1000)
+        tail = b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(count_arg), count_arg, len(now_arg), now_arg)
+        command = cached[1] + tail + _COUNTER_TTL_ARG
         with self.errors(keys):
             reply = self._pop_on_own_connection(command)
         acks, dead, ids, joined = reply.split(b"|", 3)
@@ -476,7 +478,7 @@ class RedisStore:
             self.client.lpush(keys.dead, *values)
 
 
-_COUNTER_TTL = str(RATE_COUNTER_TTL_S).encode()
+_COUNTER_TTL_ARG = b"$%d\r\n%d\r\n" % (len(str(RATE_COUNTER_TTL_S)), RATE_COUNTER_TTL_S)
 
 
 def _joined_ids(ids: Sequence[int]) -> str:
