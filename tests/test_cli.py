@@ -57,6 +57,14 @@ def loaded(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def test_version(env: dict[str, str], tmp_path: Path) -> None:
+    import poolctl
+
+    result = run(["--version"], env, tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"poolctl {poolctl.__version__}\n", "")
+    assert not (tmp_path / "cli.db").exists()  # nothing else ran
+
+
 def test_db_init_creates_tables(env: dict[str, str], tmp_path: Path) -> None:
     result = run(["db", "init", "--sample", "titles=50", "--groups", "2", "--json"], env, tmp_path)
     assert result.returncode == 0, result.stderr

@@ -46,8 +46,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from poolctl import __version__
+
+        typer.echo(f"poolctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     # Keeps `poolctl` a group of commands when main() registers only the
     # one that runs: Typer would otherwise make a lone command the whole app.
     pass

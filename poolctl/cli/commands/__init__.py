@@ -24,6 +24,6 @@ def register(argv: list[str] | None = None) -> None:
 
 
 def _command_name(argv: list[str]) -> str | None:
-    # The app has no options of its own besides --help and completion, so a
+    # The app's own options (--help, --version, completion) end the run, so a
     # command line that names a command starts with it.
     return argv[0] if argv and not argv[0].startswith("-") else None
