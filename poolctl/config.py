@@ -277,10 +277,20 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_data = read_toml(_config_file.get())
-        defaults = {} if "pools" in toml_data else {"pools": copy.deepcopy(DEFAULT_POOLS)}
+        env_data = read_env()
+        # [pools.*] in the file replaces the default set of pool types; a type
+        # it names after a default one (titles, contents) keeps that type's
+        # table and columns unless it sets them.
+        listed = toml_data.get("pools")
+        if isinstance(listed, dict):
+            named = set(listed) | set(env_data.get("pools", {}))
+            pools = {name: spec for name, spec in DEFAULT_POOLS.items() if name in named}
+        else:
+            pools = DEFAULT_POOLS
+        defaults = {"pools": copy.deepcopy(pools)}
         return (
             init_settings,
-            _DictSource(settings_cls, read_env()),
+            _DictSource(settings_cls, env_data),
             _DictSource(settings_cls, toml_data),
             _DictSource(settings_cls, defaults),
         )
