@@ -57,10 +57,11 @@ FLUSH_WARNING_INTERVAL_S = 30.0
 # before it tries Redis again, so that a batch of pops does not wait for one
 # connect timeout each.
 REDIS_RETRY_S = 1.0
-# Popped ids remembered per pool until a flush confirms them. Beyond this the
-# oldest are forgotten; their acks are still in Redis unless Redis also loses
-# its data.
+# Popped ids remembered per pool until a flush confirms them. Beyond this
+# (once more than UNCONFIRMED_SLACK beyond it) the oldest are forgotten; their
+# acks are still in Redis unless Redis also loses its data.
 UNCONFIRMED_MAX = 100_000
+UNCONFIRMED_SLACK = 10_000
 
 _item_id = itemgetter(0)  # Item.id, read in C
 
@@ -176,7 +177,9 @@ class PoolConsumer:
             if remembered is None:
                 remembered = self._unconfirmed[keys] = []
             remembered += map(_item_id, items)
-            if len(remembered) > UNCONFIRMED_MAX:
+            if len(remembered) > UNCONFIRMED_MAX + UNCONFIRMED_SLACK:
+                # Cut back in one step per UNCONFIRMED_SLACK pops: cutting
+                # one id off the front at every pop moves the whole list each time.
                 del remembered[: len(remembered) - UNCONFIRMED_MAX]
         due = time.monotonic() - self._last_flush >= self.settings.acks.interval_s
         if acks >= self.settings.acks.batch or due:
