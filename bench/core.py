@@ -29,6 +29,7 @@ class Scale:
     keepup_rate: int  # items per second that all consumers together request
     keepup_seconds: float
     keepup_rounds: int
+    pop_rounds: int  # rounds of the pop benchmark, whose ratios move with the Redis round trip
     pop_single: int  # items popped one at a time per round
     pop_many: int  # items popped 100 at a time per round
     idle_pools: tuple[int, int]
@@ -42,7 +43,8 @@ class Scale:
         """Return a copy with every round count, or the warm-up count, replaced."""
         values = asdict(self)
         if rounds is not None:
-            values.update(rounds=rounds, fast_rounds=rounds, keepup_rounds=rounds, startup_rounds=rounds)
+            values.update(rounds=rounds, fast_rounds=rounds, keepup_rounds=rounds, pop_rounds=rounds,
+                          startup_rounds=rounds)
         if warmup is not None:
             values.update(warmup=warmup)
         return Scale(**values)
@@ -52,7 +54,7 @@ FULL = Scale(
     mode="full", warmup=1, rounds=4, fast_rounds=15,
     fill_titles=200_000, fill_bodies=40_000, fill_groups=8,
     keepup_rate=10_000, keepup_seconds=15.0, keepup_rounds=3,
-    pop_single=20_000, pop_many=200_000,
+    pop_rounds=8, pop_single=20_000, pop_many=200_000,
     idle_pools=(2_000, 20_000),
     plans_large=10_000_000, plans_small=100_000,
     startup_rounds=15,
@@ -62,7 +64,7 @@ QUICK = Scale(
     mode="quick", warmup=1, rounds=2, fast_rounds=7,
     fill_titles=20_000, fill_bodies=4_000, fill_groups=4,
     keepup_rate=10_000, keepup_seconds=3.0, keepup_rounds=1,
-    pop_single=4_000, pop_many=40_000,
+    pop_rounds=3, pop_single=4_000, pop_many=40_000,
     idle_pools=(2_000, 20_000),
     plans_large=1_000_000, plans_small=100_000,
     startup_rounds=5,
@@ -73,7 +75,7 @@ SMOKE = Scale(
     mode="smoke", warmup=0, rounds=1, fast_rounds=1,
     fill_titles=2_000, fill_bodies=300, fill_groups=2,
     keepup_rate=2_000, keepup_seconds=1.0, keepup_rounds=1,
-    pop_single=500, pop_many=2_000,
+    pop_rounds=1, pop_single=500, pop_many=2_000,
     idle_pools=(200, 2_000),
     plans_large=50_000, plans_small=10_000,
     startup_rounds=1,

@@ -111,7 +111,7 @@ def run(env: BenchEnv, scale: Scale) -> list[Result]:
             "store_many": measure("store-many", many, lambda: _store_loop(store, MANY)),
             "sql_ceiling": sql_ceiling,
         }
-        values = run_rounds("pop", variants, scale.warmup, scale.rounds)
+        values = run_rounds("pop", variants, scale.warmup, scale.pop_rounds)
     finally:
         consumer.close()
         store.client.close()
