@@ -1,7 +1,8 @@
 """Fill throughput: poolctl's one-pass fill against a hand-written claim-and-push loop.
 
-Both sides start from an identical fresh copy of the same sample rows and
-move every row into the pools in one pass, 500 rows per batch. poolctl runs
+Both sides start from an identical fresh copy of the same sample rows, once
+InnoDB has purged the previous round's updates, and move every row into the
+pools in one pass, 500 rows per batch. poolctl runs
 the code path of `poolctl fill` (Filler.discover, then Filler.run_pass) on
 connections opened beforehand. The hand-written loop does per batch: SELECT
 by the fill query with FOR UPDATE SKIP LOCKED, UPDATE the rows to queued,
@@ -118,6 +119,7 @@ def _fresh_copy(env: BenchEnv, settings: Settings, case: FillCase) -> None:
             if not key.endswith(b":sentinel")]
     if keys:
         env.redis.unlink(*keys)
+    env.wait_for_purge()  # the previous round's updates, which would load the server during this one
 
 
 def _poolctl_pass(env: BenchEnv, settings: Settings, store: RedisStore, db: Database, case: FillCase) -> tuple[float, int]:
