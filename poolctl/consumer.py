@@ -97,6 +97,11 @@ class PoolConsumer:
         self._closed = False
 
     @property
+    def redis_unreachable(self) -> bool:
+        """Whether the last pop_with_fallback found Redis unreachable and went to SQL without reading the pool."""
+        return self._redis_retry_at != 0.0
+
+    @property
     def db(self) -> Database:
         """The SQL connection, opened on first use: a pop that never falls back or flushes needs none."""
         if self._db is None:

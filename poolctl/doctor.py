@@ -203,7 +203,7 @@ def sql_checks(settings: Settings) -> Iterator[Check]:
     url = mask_url(settings.database.url)
     try:
         _require_sqlite_file(settings.database.url)
-        db = connect_database(settings)
+        db = connect_database(settings, create=False)  # doctor only reads: it creates no database
     except PoolctlError as exc:
         yield Check("sql", "fail", exc.message, exc.hint)
         yield Check("tables", "skip", "not checked: the SQL database is unreachable")

@@ -135,7 +135,9 @@ def connect_redis(settings: Settings) -> redis.Redis:
             protocol=2,
         )
     except ValueError as exc:
-        raise RedisUnavailable(f"invalid Redis URL {mask_url(settings.redis.url)}: {exc}", URL_HINT) from None
+        raise ConfigError(
+            f"invalid Redis URL {mask_url(settings.redis.url)}: {exc}", "Fix redis.url (--redis-url, POOLCTL_REDIS_URL)"
+        ) from None
 
 
 class RedisStore:

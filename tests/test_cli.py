@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pymysql
 import pytest
 
-from conftest import REDIS_URL
+from conftest import MARIADB_ROOT, REDIS_URL
 
 SECRET = "s3cret-pw"
 
@@ -72,6 +74,33 @@ def test_db_init_creates_tables(env: dict[str, str], tmp_path: Path) -> None:
     assert tables["titles"]["created"] and tables["contents"]["created"]
     assert (tables["titles"]["inserted"], tables["contents"]["inserted"]) == (50, 0)
     assert tables["titles"]["index_ok"] and tables["contents"]["index_ok"]
+
+
+def test_db_init_creates_missing_mariadb_database(env: dict[str, str], tmp_path: Path) -> None:
+    """Only db init creates a MariaDB database the URL names; pop --fallback and doctor report it missing."""
+    name = f"poolctl_test_new_{secrets.token_hex(4)}"
+    mariadb = {**env, "POOLCTL_DATABASE_URL": f"mysql://root@127.0.0.1:3306/{name}"}
+    conn = pymysql.connect(**MARIADB_ROOT, autocommit=True)
+    try:
+        popped = run(["pop", "titles", "--group", "1", "--fallback"], mariadb, tmp_path)
+        assert_one_line_error(popped, 4, f"Unknown database '{name}'", "CREATE DATABASE")
+        checked = run(["doctor"], mariadb, tmp_path)
+        assert checked.returncode == 1, checked.stderr
+        assert f"Unknown database '{name}'" in checked.stdout
+        with conn.cursor() as cursor:
+            assert cursor.execute("SHOW DATABASES LIKE %s", (name,)) == 0
+        result = run(["db", "init", "--sample", "50", "--groups", "2"], mariadb, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"database {name} created" in result.stderr
+        with conn.cursor() as cursor:
+            cursor.execute(f"SELECT COUNT(*) FROM `{name}`.titles")
+            assert cursor.fetchone()[0] == 50
+            cursor.execute("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
+            assert cursor.fetchone()[0] == "utf8mb4"
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
 
 
 def test_fill_then_stats_shows_full_pools(loaded: dict[str, str], tmp_path: Path) -> None:
@@ -152,6 +181,25 @@ def test_pop_fallback_reads_sql(loaded: dict[str, str], tmp_path: Path) -> None:
     result = run(["pop", "titles", "--group", "1", "--fallback", "--json"], loaded, tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["items"][0]["source"] == "sql"
+
+
+def test_pop_fallback_redis_down_sql_empty(loaded: dict[str, str], tmp_path: Path) -> None:
+    """Redis down and nothing available in SQL: a service error (4), not an empty pool, which was never read."""
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        conn.execute("UPDATE titles SET status = 0 WHERE group_id = 1")
+    url = f"redis://:{SECRET}@127.0.0.1:1/0"
+    result = run(["pop", "titles", "--group", "1", "--fallback", "--redis-url", url], loaded, tmp_path)
+    assert result.returncode == 4, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("poolctl: error: titles group 1: Redis at redis://:***@127.0.0.1:1/0 is unreachable"), last
+    assert "SQL has no available row" in last and "empty" not in last
+    assert SECRET not in result.stderr
+
+
+def test_invalid_redis_url_is_config_error(loaded: dict[str, str], tmp_path: Path) -> None:
+    for url in ("redis://127.0.0.1:99999/0", "redis://127.0.0.1:abc/0"):
+        result = run(["stats", "--redis-url", url], loaded, tmp_path)
+        assert_one_line_error(result, 2, "invalid Redis URL", "Fix redis.url")
 
 
 def test_unknown_pool_type(loaded: dict[str, str], tmp_path: Path) -> None:

@@ -13,15 +13,16 @@ __all__ = ["Database", "QueryPlan", "Row", "StateCounts", "TextColumn", "connect
 def connect_database(settings: Settings, create: bool = True) -> Database:
     """Open the database that settings.database.url names (sqlite:/// or mysql://).
 
-    With create False, a SQLite file that does not exist is an error instead
-    of a new empty database: only `db init` should make one.
+    With create False, a SQLite file or a MariaDB/MySQL database that does
+    not exist is an error instead of a new empty database: only `db init`
+    should make one.
     """
     url = settings.database.url
     timeout_s = settings.database.connect_timeout_s
     if urlsplit(url).scheme == "mysql":
         from poolctl.sql.mysql import MysqlDatabase  # PyMySQL is imported only when used
 
-        return MysqlDatabase(url, settings.status, settings.pools, timeout_s)
+        return MysqlDatabase(url, settings.status, settings.pools, timeout_s, create=create)
     from poolctl.sql.sqlite import SqliteDatabase
 
     return SqliteDatabase(url, settings.status, settings.pools, timeout_s, create=create)

@@ -112,13 +112,17 @@ class MysqlDatabase(Database):
     dialect = "mysql"
     placeholder = "%s"
 
-    def __init__(self, url: str, status: StatusValues, pools: dict[str, PoolTypeSettings], timeout_s: float) -> None:
+    def __init__(
+        self, url: str, status: StatusValues, pools: dict[str, PoolTypeSettings], timeout_s: float, create: bool = False
+    ) -> None:
         super().__init__(status, pools)
         self.url = url
         self.masked_url = mask_url(url)
         self._args = connect_args(url, timeout_s)
         self._conn: pymysql.connections.Connection | None = None
         self._committing = False
+        if create:
+            self._create_database()
         self.connection()
         self.version = self.query("SELECT VERSION()")[0][0]
         features = server_features(self.version)
@@ -145,6 +149,24 @@ class MysqlDatabase(Database):
                 raise self._unavailable(exc, "cannot connect to") from None
             self._conn = conn
         return self._conn
+
+    def _create_database(self) -> None:
+        """Create the URL's database when the server does not have it (utf8mb4, as the tables need)."""
+        server_args = {name: value for name, value in self._args.items() if name != "database"}
+        name = self._args["database"]
+        try:
+            conn = pymysql.connect(**server_args)
+            try:
+                with conn.cursor() as cursor:
+                    created = cursor.execute(
+                        f"CREATE DATABASE IF NOT EXISTS {self.quote(name.replace('`', '``'))} CHARACTER SET utf8mb4"
+                    )
+            finally:
+                conn.close()
+        except (pymysql.err.OperationalError, pymysql.err.InternalError) as exc:
+            raise self._unavailable(exc, "cannot create the database of") from None
+        if created:
+            log.info("database %s created", name)
 
     def _unavailable(self, exc: Exception, verb: str) -> DatabaseUnavailable:
         code = exc.args[0] if exc.args else 0

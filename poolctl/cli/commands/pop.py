@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from poolctl.cli.app import Runtime, app, command
-from poolctl.errors import PoolctlError, PoolEmpty, ServiceUnavailable, UnknownGroup
+from poolctl.errors import PoolctlError, PoolEmpty, RedisUnavailable, ServiceUnavailable, UnknownGroup
 from poolctl.items import Item
 
 log = logging.getLogger("poolctl.cli")
@@ -29,7 +29,8 @@ def pop(
     """Pop items and print their text, one per line; each item is recorded as consumed.
 
     Exits with 3 when the pool is empty (and, with --fallback, SQL has no
-    available row either) and 4 when a service it needs is unreachable.
+    available row either) and 4 when a service it needs is unreachable,
+    also when --fallback found Redis down and SQL without an available row.
     """
     from poolctl.consumer import PoolConsumer
 
@@ -56,6 +57,12 @@ def pop(
         if items:
             _print_items(rt, pool_type, group, items)
     if not items:
+        if consumer.redis_unreachable:
+            # The pool was not read, so it is not known to be empty.
+            raise RedisUnavailable(
+                f"{pool_type} group {group}: Redis at {rt.store.masked_url} is unreachable and SQL has no available "
+                "row for the fallback", "Start Redis or fix redis.url (--redis-url, POOLCTL_REDIS_URL)",
+            )
         _raise_empty(rt, pool_type, group, fallback)
     if len(items) < count:
         log.warning("pool %s group %d: %d of %d items popped, then it was empty", pool_type, group, len(items), count)
