@@ -34,7 +34,7 @@ log = logging.getLogger("bench")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCAN_COUNT = 1000
-# The longest wait_for_purge waits before a measurement starts anyway.
+# Maximum seconds that wait_for_purge waits before a measurement starts anyway.
 PURGE_WAIT_S = 10.0
 CHILD_STOP_TIMEOUT_S = 10.0
 

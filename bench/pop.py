@@ -90,7 +90,7 @@ def run(env: BenchEnv, scale: Scale) -> list[Result]:
             return once
 
         def sql_ceiling() -> float:
-            """The bare UPDATE loop an ack flush runs, with nothing else: rows per second."""
+            """Run the UPDATE statements of an ack flush with nothing else around them, and return rows per second."""
             env.execute(f"UPDATE `{TABLE}` SET status = %s WHERE status <> %s", (QUEUED, QUEUED))
             env.wait_for_purge()
             chosen = ids[: scale.pop_many]

@@ -16,6 +16,7 @@ without one, the defaults `titles` and `contents` apply.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 import tomllib
@@ -336,6 +337,8 @@ def _config_error(exc: ValidationError, path: Path | None, overrides: dict[str, 
     error = exc.errors()[0]
     loc = tuple(str(part) for part in error["loc"])
     where = _describe_origin(loc, path, overrides)
+    if error["type"] == "missing" and len(loc) == 3 and loc[0] == "pools":
+        return _missing_pool_keys(exc, loc[1], where)
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     shown = "" if isinstance(value, dict) or value is None else f" = {value!r}"
@@ -344,6 +347,21 @@ def _config_error(exc: ValidationError, path: Path | None, overrides: dict[str, 
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     name = ".".join(loc) or "settings"
     return ConfigError(f"invalid config value {name}{shown}: {message}{more}", f"Fix it in {where}")
+
+
+def _missing_pool_keys(exc: ValidationError, pool_type: str, where: str) -> ConfigError:
+    """Name every key a pool type lacks, and the default type a misspelled name may have meant."""
+    missing = [
+        str(error["loc"][2]) for error in exc.errors()
+        if error["type"] == "missing" and len(error["loc"]) == 3 and error["loc"][:2] == ("pools", pool_type)
+    ]
+    close = difflib.get_close_matches(pool_type, DEFAULT_POOLS, n=1, cutoff=0.8)
+    guess = f" (did you mean pool type {close[0]}?)" if close else ""
+    return ConfigError(
+        f"pool type {pool_type!r} has no {' and no '.join(missing)}: a pool type other than "
+        f"{' and '.join(DEFAULT_POOLS)} must set them",
+        f"Fix it in {where}{guess}",
+    )
 
 
 def _describe_origin(loc: tuple[str, ...], path: Path | None, overrides: dict[str, Any]) -> str:

@@ -252,36 +252,36 @@ return table.concat(tail, ',')
 # the tail of acks after SQL has them as consumed. In the common case the
 # tail is unchanged and one LTRIM removes them. When another flusher removed
 # some of them first, the ids still there are all among the last n entries
-# (tail, read again by the trim), because acks grows only at the head (LPUSH)
-# and entries are only removed elsewhere. remove_from_tail then rebuilds those
+# (tail, read again by the trim), because acks grows only at the head (LPUSH):
+# no entry is ever added behind them. remove_from_tail then rebuilds those
 # entries without the ids, nearest the tail first as LREM with a count of -1
 # would, in time linear in n. One LREM per id would scan the whole list for
 # every id already gone, and block Redis for seconds behind a backlog of
-# 100,000 acks. A removed entry cannot be a newer ack, because an id is pushed
-# to acks only by the pop that took its item, and an item is queued again
-# only after reconcile found it in no pool and no acks list. Afterwards
-# acks_since is now_ms, or gone when acks is empty.
+# 100,000 acks. A removed entry cannot be a newer ack: only the pop that took
+# an item pushes its id to acks. And reconcile queues an item again only
+# after it found the item in no pool and no acks list. Afterwards acks_since
+# is now_ms, or gone when acks is empty.
 _REMOVE_FROM_TAIL = """
 local function remove_from_tail(acks, tail, ids)
-  local wanted = {}
+  local to_remove = {}
   for _, id in ipairs(ids) do
-    wanted[id] = (wanted[id] or 0) + 1
+    to_remove[id] = (to_remove[id] or 0) + 1
   end
-  local kept, removed = {}, 0  -- kept: nearest the tail first
+  local remaining, removed = {}, 0  -- remaining: nearest the tail first
   for i = #tail, 1, -1 do
-    local left = wanted[tail[i]]
+    local left = to_remove[tail[i]]
     if left and left > 0 then
-      wanted[tail[i]] = left - 1
+      to_remove[tail[i]] = left - 1
       removed = removed + 1
     else
-      kept[#kept + 1] = tail[i]
+      remaining[#remaining + 1] = tail[i]
     end
   end
   if removed > 0 then
     redis.call('LTRIM', acks, 0, -#tail - 1)
     local back = {}
-    for i = #kept, 1, -1 do
-      back[#back + 1] = kept[i]
+    for i = #remaining, 1, -1 do
+      back[#back + 1] = remaining[i]
     end
     for i = 1, #back, 1000 do
       redis.call('RPUSH', acks, unpack(back, i, math.min(i + 999, #back)))

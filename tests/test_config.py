@@ -71,7 +71,16 @@ def test_file_pool_of_a_new_type_must_name_its_table(in_empty_dir: Path) -> None
     (in_empty_dir / "poolctl.toml").write_text("[pools.articles]\nsize = 10\nthreshold = 2\nbatch = 5\n")
     with pytest.raises(ConfigError) as caught:
         load_settings()
-    assert "pools.articles.table" in caught.value.message and "poolctl.toml" in caught.value.hint
+    assert caught.value.message.startswith("pool type 'articles' has no table and no text_column")
+    assert caught.value.hint == "Fix it in poolctl.toml"  # no guess: articles is not a misspelled titles
+
+
+def test_misspelled_pool_type_in_env_names_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POOLCTL_POOLS_TITLE_SIZE", "5")  # titles without its s
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.message.startswith("pool type 'title' has no table and no text_column")
+    assert "POOLCTL_POOLS_TITLE_SIZE" in caught.value.hint and "did you mean pool type titles?" in caught.value.hint
 
 
 def test_env_adjusts_default_pool(monkeypatch: pytest.MonkeyPatch) -> None:
