@@ -114,6 +114,7 @@ class Result:
     check_label: str = ""
     detail: str = ""
     error: str = ""
+    judged: bool = True  # False in a --smoke run, whose figures mean nothing
 
     @property
     def median(self) -> float | None:
@@ -137,8 +138,8 @@ class Result:
 
     @property
     def passed(self) -> bool | None:
-        """True or False for a target row, None for an info row or a row whose benchmark failed."""
-        if self.error:
+        """True or False for a target row; None for an info row, a row whose benchmark failed, or a smoke run."""
+        if self.error or not self.judged:
             return None
         if self.check is not None:
             return self.check
@@ -156,6 +157,8 @@ class Result:
     def outcome(self) -> str:
         if self.error:
             return "ERROR"
+        if not self.judged and (self.target is not None or self.check is not None):
+            return "not judged"
         if self.passed is None:
             return "info"
         return "PASS" if self.passed else "FAIL"
