@@ -80,8 +80,9 @@ def decode_popped(joined: bytes, joined_ids: bytes) -> tuple[list[Item], list[tu
     try:
         if b"," not in joined_ids:  # the common pop of one: no array to build
             data = orjson.loads(joined)
-            if type(data) is dict and data.get("id") == int(joined_ids) and type(data.get("text")) is str:
-                return [Item(data["id"], data["text"])], []
+            acked = int(joined_ids)
+            if type(data) is dict and data.get("id") == acked and type(data.get("text")) is str:
+                return [Item(acked, data["text"])], []
         else:
             parsed = orjson.loads(b"[[" + joined_ids + b"]," + joined.replace(b"\n", b",") + b"]")
             ids = parsed.pop(0)
