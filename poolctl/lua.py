@@ -123,37 +123,31 @@ end
 """
 
 # KEYS: pool, lock, claiming, filled counter.
-# ARGV: token, ttl_ms, size, n, counter_ttl_s, ids joined by ",", the items'
-# byte lengths joined by ",", the items concatenated.
+# ARGV: token, ttl_ms, size, n, counter_ttl_s, ids joined by ",", then the n
+# items.
 # Pushes the items in fill order (LPUSH, so RPOP returns the first one first),
 # removes their ids from the claiming set, counts them in the filled counter and
 # extends the lock. Returns the new pool length, -1 when the lock is not the
 # caller's, or -2 when the items would take the pool past its size. On -1 and
-# -2 nothing is written. The items come as one string and their lengths,
-# because redis-py packs each argument separately, at a cost per argument
-# that a batch of short titles feels.
+# -2 nothing is written. The items go to LPUSH straight from ARGV: every copy
+# of a batch of long texts inside the script costs Redis milliseconds.
 PUSH = (
-    _SPLIT
+    _CHUNKED
+    + _SPLIT
     + _COUNT
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return -1
 end
 local n = tonumber(ARGV[4])
+if #ARGV ~= 6 + n then
+  return redis.error_reply('PUSH: expected ' .. n .. ' items, got ' .. (#ARGV - 6))
+end
 local length = redis.call('LLEN', KEYS[1])
 if length + n > tonumber(ARGV[3]) then
   return -2
 end
-local blob, items, at = ARGV[8], {}, 1
-for size in string.gmatch(ARGV[7], '[^,]+') do
-  local next_at = at + tonumber(size)
-  items[#items + 1] = string.sub(blob, at, next_at - 1)
-  at = next_at
-end
-if #items ~= n or at ~= #blob + 1 then
-  return redis.error_reply('PUSH: item lengths do not match the items')
-end
-chunked_values('LPUSH', KEYS[1], items)
+chunked('LPUSH', KEYS[1], 7, 6 + n)
 chunked_values('SREM', KEYS[3], split_ids(ARGV[6]))
 count(KEYS[4], n, ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])

@@ -340,23 +340,53 @@ class RedisStore:
 
     def push(self, keys: PoolKeys, token: str, ttl_s: float, size: int, ids: Sequence[int], items: Sequence[str]) -> int:
         """Push encoded items if the caller owns the lock and the pool has room; return the new length."""
-        # One growing buffer rather than a list of encoded items and their
-        # join: a batch of large texts is then held once as str and once as bytes.
-        blob = bytearray()
-        lengths = []
+        filled = keys.filled(rate_bucket(time.time()))
+        head = [
+            b"EVALSHA", self._push.sha.encode(), b"4", keys.pool.encode(), keys.lock.encode(), keys.claiming.encode(),
+            filled.encode(), token.encode(), b"%d" % _ms(ttl_s), b"%d" % size, b"%d" % len(items),
+            b"%d" % RATE_COUNTER_TTL_S, _joined_ids(ids).encode(),
+        ]
+        # The command packed here, each item its own argument: redis-py packs
+        # arguments one by one, at a cost per argument that a batch of short
+        # titles feels. One growing buffer holds the batch once as bytes.
+        command = bytearray(b"*%d\r\n%b" % (len(head) + len(items), _pack_parts(*head)))
         for item in items:
             data = item.encode()
-            lengths.append("%d" % len(data))
-            blob += data
-        with self.errors(keys):
-            filled = keys.filled(rate_bucket(time.time()))
-            args = [token, _ms(ttl_s), size, len(ids), RATE_COUNTER_TTL_S, _joined_ids(ids), ",".join(lengths), blob]
-            result = int(self._push(keys=[keys.pool, keys.lock, keys.claiming, filled], args=args))
+            command += b"$%d\r\n" % len(data)
+            command += data
+            command += b"\r\n"
+            del data
+        try:
+            result = self._run_packed(command, lua.PUSH)
+        except redis.RedisError:
+            with self.errors(keys):
+                raise
         if result == -1:
             raise LockLost(f"fill lock {keys.lock} was lost before the push", "Raise fill.lock_ttl_s if fills are slow")
         if result == -2:
             raise PoolOverflow(f"pushing {len(ids)} items would take {keys.pool} past its size {size}", "")
-        return result
+        return int(result)
+
+    def _run_packed(self, command: bytes | bytearray, source: str) -> Any:
+        """Send a packed EVALSHA on a pooled connection and return the reply, loading the script on NOSCRIPT."""
+        connection = self.client.connection_pool.get_connection()
+        try:
+            try:
+                connection.send_packed_command([command])
+                return connection.read_response()
+            except redis.exceptions.NoScriptError:
+                # The script did not run: load it and send once more.
+                connection.send_command("SCRIPT", "LOAD", source)
+                connection.read_response()
+                connection.send_packed_command([command])
+                return connection.read_response()
+        except redis.ResponseError:
+            raise
+        except BaseException:
+            connection.disconnect()  # a timeout or a broken socket leaves the reply unread
+            raise
+        finally:
+            self.client.connection_pool.release(connection)
 
     # -- reconcile ---------------------------------------------------------
 
