@@ -109,17 +109,18 @@ def audit(
     db: Database,
     pool_types: Sequence[str] | None = None,
     acks_stuck_after_s: float = ACKS_STUCK_AFTER_S,
+    group: int | None = None,
 ) -> AuditResult:
-    """Check every pool of the given pool types (default: all) against SQL; never writes."""
+    """Check every pool of the given pool types (default: all) against SQL, or only one group's; never writes."""
     started = time.monotonic()
     types = list(pool_types) if pool_types else list(settings.pools)
     for pool_type in types:
         settings.pool(pool_type)  # raises UnknownPoolType
     result = AuditResult()
-    first = _audit_once(settings, store, db, types, acks_stuck_after_s, result)
+    first = _audit_once(settings, store, db, types, acks_stuck_after_s, result, group)
     if any(finding.severity == "error" or finding.ids for finding in first):
         time.sleep(AUDIT_RECHECK_S)
-        second = _audit_once(settings, store, db, types, acks_stuck_after_s, AuditResult())
+        second = _audit_once(settings, store, db, types, acks_stuck_after_s, AuditResult(), group)
         first = _confirmed(first, second)
     result.findings = sorted(first, key=lambda f: (f.severity != "error", f.pool_type or "", f.group or 0, f.check))
     result.seconds = time.monotonic() - started
@@ -145,21 +146,36 @@ def _confirmed(first: list[Finding], second: list[Finding]) -> list[Finding]:
 
 
 def _audit_once(
-    settings: Settings, store: RedisStore, db: Database, types: list[str], acks_stuck_after_s: float, result: AuditResult
+    settings: Settings,
+    store: RedisStore,
+    db: Database,
+    types: list[str],
+    acks_stuck_after_s: float,
+    result: AuditResult,
+    only_group: int | None,
 ) -> list[Finding]:
     findings: list[Finding] = []
-    in_redis = store.pools_in_redis()
+    in_redis = store.pools_in_redis() if only_group is None else set()
     for pool_type in types:
-        groups = set(db.state_counts(pool_type)) | {group for found_type, group in in_redis if found_type == pool_type}
+        if only_group is None:
+            groups = set(db.state_counts(pool_type)) | {group for found_type, group in in_redis if found_type == pool_type}
+        else:
+            groups = {only_group}
         pools = [store.keys(pool_type, group) for group in sorted(groups)]
         result.pools_checked += len(pools)
-        findings.extend(_check_pool_type(settings, store, db, pool_type, pools, acks_stuck_after_s))
+        findings.extend(_check_pool_type(settings, store, db, pool_type, pools, acks_stuck_after_s, only_group))
         findings.extend(_check_charset(db, pool_type, settings))
     return findings
 
 
 def _check_pool_type(
-    settings: Settings, store: RedisStore, db: Database, pool_type: str, pools: list[PoolKeys], acks_stuck_after_s: float
+    settings: Settings,
+    store: RedisStore,
+    db: Database,
+    pool_type: str,
+    pools: list[PoolKeys],
+    acks_stuck_after_s: float,
+    only_group: int | None = None,
 ) -> list[Finding]:
     findings = []
     damaged = set()
@@ -175,6 +191,8 @@ def _check_pool_type(
     snapshots = {keys: store.read_pool(keys) for keys in readable}
     details = dict(zip(readable, store.pool_details(readable), strict=True))
     queued = db.queued_groups(pool_type)
+    if only_group is not None:  # the other groups' queued rows are in pools this run does not read
+        queued = {item: group for item, group in queued.items() if group == only_group}
 
     findings.extend(_check_placement(settings, db, pool_type, snapshots, queued))
     queued_groups = set(queued.values())

@@ -346,9 +346,9 @@ class RedisStore:
             filled.encode(), token.encode(), b"%d" % _ms(ttl_s), b"%d" % size, b"%d" % len(items),
             b"%d" % RATE_COUNTER_TTL_S, _joined_ids(ids).encode(),
         ]
-        # The command packed here, each item its own argument: redis-py packs
-        # arguments one by one, at a cost per argument that a batch of short
-        # titles feels. One growing buffer holds the batch once as bytes.
+        # poolctl packs the command itself, each item its own argument, because
+        # redis-py's packing costs per argument, which a batch of short titles
+        # feels. One growing buffer keeps a single bytes copy of the batch.
         command = bytearray(b"*%d\r\n%b" % (len(head) + len(items), _pack_parts(*head)))
         for item in items:
             data = item.encode()

@@ -210,6 +210,7 @@ def test_unknown_pool_type(loaded: dict[str, str], tmp_path: Path) -> None:
 def test_unknown_group(loaded: dict[str, str], tmp_path: Path) -> None:
     assert_one_line_error(run(["pop", "titles", "--group", "99"], loaded, tmp_path), 2, "group 99")
     assert_one_line_error(run(["fill", "--group", "99"], loaded, tmp_path), 2, "group 99")
+    assert_one_line_error(run(["audit", "--group", "99"], loaded, tmp_path), 2, "group 99")
 
 
 def test_unreachable_redis_masks_password(loaded: dict[str, str], tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from poolctl.cli.app import Runtime, app, command
-from poolctl.cli.commands.fill import PoolOption
+from poolctl.cli.commands.fill import GroupOption, PoolOption
 from poolctl.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ IDS_PRINTED = 10
 def audit(
     rt: Runtime,
     pool: PoolOption = None,
+    group: GroupOption = None,
     acks_max_age: Annotated[
         float, typer.Option("--acks-max-age", min=0.0, help="Seconds that pending acks may wait for a flush before "
                             "they count as stuck.")
@@ -37,7 +38,11 @@ def audit(
     """
     from poolctl.audit import audit as run_audit
 
-    result = run_audit(rt.settings, rt.store, rt.db, pool, acks_max_age)
+    if group is not None:
+        from poolctl.stats import require_group
+
+        require_group(rt.settings, rt.db, pool, group)
+    result = run_audit(rt.settings, rt.store, rt.db, pool, acks_max_age, group)
     _print(rt, result)
     summary = (f"{len(result.errors)} errors, {len(result.warnings)} warnings in {result.pools_checked} pools "
                f"({result.seconds:.2f}s)")
