@@ -136,7 +136,7 @@ def run(env: BenchEnv, scale: Scale) -> list[Result]:
                detail=f"Filler.discover on {large} rows: the group queries that `poolctl fill` runs first "
                "and `fill --watch` repeats every discover interval"),
         Result("plans", "plans.discover_query", "", detail=f"EXPLAIN on {large} rows: " + "; ".join(
-            f"{plan.describe()} for {plan.statement}" for plan in discover_plans)),
+            dict.fromkeys(f"{plan.describe()} for {plan.statement}" for plan in discover_plans))),
     ]
 
 

@@ -16,7 +16,6 @@ without one, the defaults `titles` and `contents` apply.
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import re
 import tomllib
@@ -161,6 +160,9 @@ SECTIONS: dict[str, type[_Section]] = {
     "fill": FillSettings,
     "acks": AckSettings,
 }
+# A pool type name this many edits away from a default one is taken for a
+# misspelling of it in errors: titel and title are, articles is not.
+MISSPELLING_DISTANCE = 2
 POOL_KEYS = tuple(sorted(PoolTypeSettings.model_fields, key=len, reverse=True))
 
 _config_file: ContextVar[Path | None] = ContextVar("poolctl_config_file", default=None)
@@ -355,13 +357,27 @@ def _missing_pool_keys(exc: ValidationError, pool_type: str, where: str) -> Conf
         str(error["loc"][2]) for error in exc.errors()
         if error["type"] == "missing" and len(error["loc"]) == 3 and error["loc"][:2] == ("pools", pool_type)
     ]
-    close = difflib.get_close_matches(pool_type, DEFAULT_POOLS, n=1, cutoff=0.8)
+    close = [name for name in DEFAULT_POOLS if _edit_distance(pool_type, name) <= MISSPELLING_DISTANCE]
     guess = f" (did you mean pool type {close[0]}?)" if close else ""
     return ConfigError(
         f"pool type {pool_type!r} has no {' and no '.join(missing)}: a pool type other than "
         f"{' and '.join(DEFAULT_POOLS)} must set them",
         f"Fix it in {where}{guess}",
     )
+
+
+def _edit_distance(first: str, second: str) -> int:
+    """Return the edits (insert, delete, substitute, swap two neighbours) that turn first into second."""
+    previous, current = list(range(len(second) + 1)), [0] * (len(second) + 1)
+    before_previous: list[int] = []
+    for i, char in enumerate(first, 1):
+        current = [i] + [0] * len(second)
+        for j, other in enumerate(second, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other))
+            if i > 1 and j > 1 and char == second[j - 2] and first[i - 2] == other:
+                current[j] = min(current[j], before_previous[j - 2] + 1)
+        before_previous, previous = previous, current
+    return previous[len(second)]
 
 
 def _describe_origin(loc: tuple[str, ...], path: Path | None, overrides: dict[str, Any]) -> str:

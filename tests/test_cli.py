@@ -67,6 +67,11 @@ def test_version(env: dict[str, str], tmp_path: Path) -> None:
     assert not (tmp_path / "cli.db").exists()  # nothing else ran
 
 
+def test_common_option_before_command(env: dict[str, str], tmp_path: Path) -> None:
+    result = run(["--config", "poolctl.toml", "doctor"], env, tmp_path)
+    assert_one_line_error(result, 2, "No such option: --config", "Put --config after the command name")
+
+
 def test_db_init_creates_tables(env: dict[str, str], tmp_path: Path) -> None:
     result = run(["db", "init", "--sample", "titles=50", "--groups", "2", "--json"], env, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -83,7 +88,7 @@ def test_db_init_creates_missing_mariadb_database(env: dict[str, str], tmp_path:
     conn = pymysql.connect(**MARIADB_ROOT, autocommit=True)
     try:
         popped = run(["pop", "titles", "--group", "1", "--fallback"], mariadb, tmp_path)
-        assert_one_line_error(popped, 4, f"Unknown database '{name}'", "CREATE DATABASE")
+        assert_one_line_error(popped, 4, f"Unknown database '{name}'", "poolctl db init")
         checked = run(["doctor"], mariadb, tmp_path)
         assert checked.returncode == 1, checked.stderr
         assert f"Unknown database '{name}'" in checked.stdout

@@ -75,12 +75,15 @@ def test_file_pool_of_a_new_type_must_name_its_table(in_empty_dir: Path) -> None
     assert caught.value.hint == "Fix it in poolctl.toml"  # no guess: articles is not a misspelled titles
 
 
-def test_misspelled_pool_type_in_env_names_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("POOLCTL_POOLS_TITLE_SIZE", "5")  # titles without its s
+@pytest.mark.parametrize("name", ["TITLE", "TITEL", "CONTNETS"])  # a letter missing, two swapped
+def test_misspelled_pool_type_in_env_names_the_default(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(f"POOLCTL_POOLS_{name}_SIZE", "5")
     with pytest.raises(ConfigError) as caught:
         load_settings()
-    assert caught.value.message.startswith("pool type 'title' has no table and no text_column")
-    assert "POOLCTL_POOLS_TITLE_SIZE" in caught.value.hint and "did you mean pool type titles?" in caught.value.hint
+    meant = "contents" if name == "CONTNETS" else "titles"
+    assert caught.value.message.startswith(f"pool type '{name.lower()}' has no table and no text_column")
+    assert f"POOLCTL_POOLS_{name}_SIZE" in caught.value.hint
+    assert caught.value.hint.endswith(f"(did you mean pool type {meant}?)")
 
 
 def test_env_adjusts_default_pool(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -145,6 +145,10 @@ QuietOption = Annotated[
 LogFormatOption = Annotated[
     LogFormat, typer.Option("--log-format", help="Log line format on stderr: text, or json (one object per line).")
 ]
+# The options every command takes, which go after the command name.
+COMMON_OPTIONS = frozenset(
+    ["--config", "-c", "--redis-url", "--database-url", "--verbose", "-v", "--quiet", "-q", "--log-format", "--json"]
+)
 JsonOption = Annotated[bool, typer.Option("--json", help="Write JSON to stdout instead of text (see README, JSON output).")]
 
 _COMMON = {
@@ -284,6 +288,10 @@ def main() -> None:
         where = context.command_path if context is not None else "poolctl"
         hint = f"Run `{where} --help` for its usage"
         message = exc.format_message().rstrip(". ")
+        misplaced = message.removeprefix("No such option: ").split(" ")[0]
+        at_top = context is None or context.parent is None  # before any command name
+        if at_top and message.startswith("No such option: ") and misplaced in COMMON_OPTIONS:
+            hint = f"Put {misplaced} after the command name, as in `{where} stats {misplaced} ...`"
         if type(exc).__name__ == "NoArgsIsHelpError":  # no public name for it in typer
             exc.show()  # type: ignore[attr-defined]
         else:

@@ -173,7 +173,7 @@ class MysqlDatabase(Database):
         message = exc.args[1] if len(exc.args) > 1 else str(exc)
         if code == ER.BAD_DB_ERROR:
             return DatabaseUnavailable(
-                f"{verb} {self.masked_url}: {message}", "Create the database (CREATE DATABASE ...) or fix database.url"
+                f"{verb} {self.masked_url}: {message}", "Run `poolctl db init` to create it, or fix database.url"
             )
         if code == ER.ACCESS_DENIED_ERROR:
             return DatabaseUnavailable(f"{verb} {self.masked_url}: access denied", "Check the user and password in database.url")
