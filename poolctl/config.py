@@ -281,9 +281,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_data = read_toml(_config_file.get())
         env_data = read_env()
-        # [pools.*] in the file replaces the default set of pool types; a type
-        # it names after a default one (titles, contents) keeps that type's
-        # table and columns unless it sets them.
+        # [pools.*] in the file replaces the default set of pool types. A type
+        # named after a default one (titles, contents) keeps that type's table
+        # and columns unless it sets them.
         listed = toml_data.get("pools")
         if isinstance(listed, dict):
             named = set(listed) | set(env_data.get("pools", {}))
@@ -367,7 +367,7 @@ def _missing_pool_keys(exc: ValidationError, pool_type: str, where: str) -> Conf
 
 
 def _edit_distance(first: str, second: str) -> int:
-    """Return the edits (insert, delete, substitute, swap two neighbours) that turn first into second."""
+    """Return the number of edits (insert, delete, substitute, swap two neighbours) that turn first into second."""
     previous, current = list(range(len(second) + 1)), [0] * (len(second) + 1)
     before_previous: list[int] = []
     for i, char in enumerate(first, 1):
