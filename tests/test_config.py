@@ -56,7 +56,7 @@ def test_file_pools_replace_defaults(in_empty_dir: Path) -> None:
         settings.pool("titles")
 
 
-def test_file_pool_named_like_a_default_keeps_its_table(in_empty_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_partial_default_pool_keeps_table(in_empty_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (in_empty_dir / "poolctl.toml").write_text('[pools.titles]\nsize = 8000\n\n[pools.articles]\ntable = "a"\ntext_column = "b"\n')
     monkeypatch.setenv("POOLCTL_POOLS_CONTENTS_SIZE", "9000")  # the environment may name a default type too
     settings = load_settings()
@@ -67,7 +67,7 @@ def test_file_pool_named_like_a_default_keeps_its_table(in_empty_dir: Path, monk
     assert (contents.table, contents.text_column, contents.size) == ("contents", "content", 9000)
 
 
-def test_file_pool_of_a_new_type_must_name_its_table(in_empty_dir: Path) -> None:
+def test_new_pool_type_needs_table(in_empty_dir: Path) -> None:
     (in_empty_dir / "poolctl.toml").write_text("[pools.articles]\nsize = 10\nthreshold = 2\nbatch = 5\n")
     with pytest.raises(ConfigError) as caught:
         load_settings()

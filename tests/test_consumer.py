@@ -197,7 +197,7 @@ def test_pop_many_sets_aside_what_python_rejects(backend: Backend, bad: bytes) -
 
 
 @pytest.mark.parametrize("count", [1, 3])
-def test_pop_hands_out_what_only_the_json_module_reads(backend: Backend, count: int) -> None:
+def test_pop_falls_back_to_json_module(backend: Backend, count: int) -> None:
     """orjson refuses a lone surrogate escape; the entry-by-entry parse with the json module still hands it out."""
     keys = backend.store.keys("titles", 1)
     client = backend.redis_client
