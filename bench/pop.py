@@ -158,13 +158,18 @@ def _drain_acks(consumer: PoolConsumer, client: redis.Redis, acks_key: str) -> N
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while consumer.flush_acks() or client.llen(acks_key):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"pop: acks still waiting in Redis {DRAIN_TIMEOUT_S:g}s after the last pop; is MariaDB up?")
+            raise RuntimeError(
+                f"pop: acks still in Redis {DRAIN_TIMEOUT_S:g}s after the last pop, so the ack flush is failing; "
+                "check that MariaDB is up"
+            )
 
 
 def _check_consumed(env: BenchEnv, expected: int, label: str) -> None:
     consumed = env.query(f"SELECT COUNT(*) FROM `{TABLE}` WHERE status = %s", (CONSUMED,))[0][0]
     if consumed != expected:
-        raise RuntimeError(f"pop {label}: {consumed} rows consumed in SQL after {expected} pops and a full flush")
+        raise RuntimeError(
+            f"pop {label}: only {consumed} of {expected} popped rows are consumed in SQL after a full flush"
+        )
 
 
 def _raw_one(client: redis.Redis, key: str) -> int:

@@ -57,9 +57,10 @@ FLUSH_WARNING_INTERVAL_S = 30.0
 # before it tries Redis again, so that a batch of pops does not wait for one
 # connect timeout each.
 REDIS_RETRY_S = 1.0
-# Popped ids remembered per pool until a flush confirms them. Beyond this
-# (once more than UNCONFIRMED_SLACK beyond it) the oldest are forgotten; their
-# acks are still in Redis unless Redis also loses its data.
+# Popped ids remembered per pool until a flush confirms them. When a list
+# exceeds UNCONFIRMED_MAX by UNCONFIRMED_SLACK, its oldest ids are forgotten
+# down to UNCONFIRMED_MAX. Their acks are still in Redis unless Redis also
+# loses its data.
 UNCONFIRMED_MAX = 100_000
 UNCONFIRMED_SLACK = 10_000
 

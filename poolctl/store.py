@@ -371,15 +371,7 @@ class RedisStore:
         """Send a packed EVALSHA on a pooled connection and return the reply, loading the script on NOSCRIPT."""
         connection = self.client.connection_pool.get_connection()
         try:
-            try:
-                connection.send_packed_command([command])
-                return connection.read_response()
-            except redis.exceptions.NoScriptError:
-                # The script did not run: load it and send once more.
-                connection.send_command("SCRIPT", "LOAD", source)
-                connection.read_response()
-                connection.send_packed_command([command])
-                return connection.read_response()
+            return _send_script(connection, command, source)
         except redis.ResponseError:
             raise
         except BaseException:
@@ -458,16 +450,7 @@ class RedisStore:
                 connection = self._pop_connection = self.client.connection_pool.get_connection()
                 self._pop_connection_pid = os.getpid()
             try:
-                try:
-                    connection.send_packed_command([command])
-                    return connection.read_response()  # type: ignore[no-any-return]
-                except redis.exceptions.NoScriptError:
-                    # Redis does not know the script yet (first pop, or after a
-                    # restart or SCRIPT FLUSH): it did not run, so load it and run once more.
-                    connection.send_command("SCRIPT", "LOAD", lua.POP)
-                    connection.read_response()
-                    connection.send_packed_command([command])
-                    return connection.read_response()  # type: ignore[no-any-return]
+                return _send_script(connection, command, lua.POP)  # type: ignore[no-any-return]
             except redis.ResponseError:
                 raise
             except BaseException:
@@ -514,6 +497,22 @@ class RedisStore:
 
 
 _COUNTER_TTL_ARG = b"$%d\r\n%d\r\n" % (len(str(RATE_COUNTER_TTL_S)), RATE_COUNTER_TTL_S)
+
+
+def _send_script(connection: Any, command: bytes | bytearray, source: str) -> Any:
+    """Send a packed EVALSHA and return its reply, loading the script first when Redis does not know it.
+
+    On NOSCRIPT (the first call, or after a restart or SCRIPT FLUSH) the
+    script did not run, so sending the command once more is safe.
+    """
+    try:
+        connection.send_packed_command([command])
+        return connection.read_response()
+    except redis.exceptions.NoScriptError:
+        connection.send_command("SCRIPT", "LOAD", source)
+        connection.read_response()
+        connection.send_packed_command([command])
+        return connection.read_response()
 
 
 def _joined_ids(ids: Sequence[int]) -> str:

@@ -109,11 +109,11 @@ def test_audit_of_one_group(backend: Backend) -> None:
     """Narrowed to a group, the audit reads only that pool and reports only that group's findings."""
     filled(backend, groups=(1, 2))
     keys_2 = backend.store.keys("titles", 2)
-    taken = [json.loads(backend.redis_client.rpop(keys_2.pool))["id"] for _ in range(3)]
+    popped_ids = [json.loads(backend.redis_client.rpop(keys_2.pool))["id"] for _ in range(3)]
     clean = audit(backend.settings, backend.store, backend.db, ["titles"], group=1)
     assert (clean.findings, clean.pools_checked) == ([], 1)
     broken = audit(backend.settings, backend.store, backend.db, ["titles"], group=2)
-    assert [(finding.check, finding.group, finding.ids) for finding in broken.findings] == [("missing", 2, sorted(taken))]
+    assert [(finding.check, finding.group, finding.ids) for finding in broken.findings] == [("missing", 2, sorted(popped_ids))]
     assert broken.pools_checked == 1
 
 
